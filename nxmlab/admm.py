@@ -1,0 +1,278 @@
+"""Scaled-form ADMM that pulls a model's target weights onto the NxM set.
+
+NxMTransformer solves ``min_W f(W)  s.t.  W in S_NxM`` by alternating
+
+* **W-step** -- ordinary optimizer steps on ``f(W) + rho/2 * ||W - Z + U||^2``;
+* **Z-step** -- ``Z = Proj_S(W + U)`` (keep the m largest ``|.|`` in each group of n);
+* **U-step** -- ``U = U + W - Z``.
+
+The penalty gradient ``rho * (W - Z + U)`` is added straight into ``.grad`` by one
+fused call, :meth:`ADMM.add_penalty_grad`, made once per optimizer step *after*
+backward has finished.  No autograd graph is built for it.  Calling it once per
+optimizer step (not once per micro-batch) keeps it right under gradient
+accumulation; calling it after backward means DDP has already all-reduced the loss
+gradients, and since W, Z and U are replicated on every rank the penalty is the
+same everywhere.  With :class:`transformers.Trainer` the recipes call it from
+``on_pre_optimizer_step``, i.e. after gradient clipping: clipping bounds the
+stochastic loss gradient only, never the deterministic pull towards Z.
+
+Typical loop::
+
+    admm = ADMM(model, select_targets(model), "4:2", rho=1e-3)
+    for step, batch in enumerate(loader, 1):
+        model(**batch).loss.backward()
+        admm.add_penalty_grad()
+        optimizer.step(); optimizer.zero_grad()
+        if step % interval == 0:
+            diagnostics = admm.update()
+    masks = admm.hard_prune()
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .nxm import NxM, nxm_mask
+from .targets import select_targets
+
+__all__ = ["ADMM", "ADMMDiagnostics", "validate_rho"]
+
+
+def validate_rho(rho: float, name: str = "rho") -> float:
+    """Return ``rho`` as a float, or raise ``ValueError`` unless it is finite and > 0."""
+    try:
+        value = float(rho)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {rho!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {rho!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ADMMDiagnostics:
+    """Per-target diagnostics returned by :meth:`ADMM.update`.
+
+    Attributes:
+        primal: Primal residual ``||W - Z||`` after the update.
+        dual: Dual residual ``rho * ||Z - Z_prev||`` (rho before any schedule step).
+        flips: Positions whose kept/pruned status changed since the last update.
+        rel_dist: Relative distance of W to the NxM set, ``||W - Proj(W)|| / ||W||``.
+        near_zero: Fraction of ``|W| <= near_zero_rtol * rms(W)``.
+        penalty: ``rho/2 * ||W - Z + U||^2`` with the new Z and U.
+    """
+
+    primal: float
+    dual: float
+    flips: int
+    rel_dist: float
+    near_zero: float
+    penalty: float
+
+    def to_dict(self) -> dict[str, float]:
+        """The fields as a plain dict (for logging)."""
+        return asdict(self)
+
+
+class ADMM:
+    """ADMM state (Z, U, rho) for the NxM-constrained fine-tuning of a model.
+
+    Args:
+        model: The model being trained.
+        targets: ``{name: nn.Linear}`` from :func:`~nxmlab.targets.select_targets`,
+            an iterable of module names, or ``None`` for the default selection.
+        pattern: :class:`~nxmlab.nxm.NxM` or ``"n:m"`` (keep m of every n).
+        rho: Penalty weight, finite and > 0 (paper: 1e-3).
+        rho_factor: Multiply rho by this after every :meth:`update` (1 = constant).
+        rho_max: Cap for the schedule (default: no cap).
+        near_zero_rtol: Threshold, relative to each layer's RMS, for the
+            ``near_zero`` diagnostic.
+
+    Z starts at ``Proj(W)`` and U at zero.  When the schedule changes rho, U is
+    rescaled by ``rho_old / rho_new`` so that the unscaled dual ``rho * U`` is
+    unchanged (Boyd et al., 2011, sec. 3.4.1).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: Mapping[str, nn.Module] | Iterable[str] | None,
+        pattern: NxM | str,
+        rho: float = 1e-3,
+        rho_factor: float = 1.0,
+        rho_max: float | None = None,
+        near_zero_rtol: float = 1e-2,
+    ) -> None:
+        self.pattern = NxM.parse(pattern)
+        self.rho = validate_rho(rho)
+        self.rho_factor = validate_rho(rho_factor, "rho_factor")
+        self.rho_max = None if rho_max is None else validate_rho(rho_max, "rho_max")
+        if self.rho_max is not None and self.rho_max < self.rho:
+            raise ValueError(f"rho_max ({rho_max}) must be >= rho ({rho})")
+        self.near_zero_rtol = float(near_zero_rtol)
+        if targets is None:
+            targets = select_targets(model)
+        elif not isinstance(targets, Mapping):
+            modules = dict(model.named_modules())
+            names = list(targets)
+            missing = [n for n in names if n not in modules]
+            if missing:
+                raise ValueError(f"target module(s) not found in model: {missing}")
+            targets = {n: modules[n] for n in names}
+        if not targets:
+            raise ValueError("ADMM needs at least one target layer; the selection is empty")
+        self.params: dict[str, nn.Parameter] = {name: module.weight for name, module in targets.items()}
+        self.num_updates = 0
+        self.Z: dict[str, torch.Tensor] = {}
+        self.U: dict[str, torch.Tensor] = {}
+        self.masks: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for name, w in self.params.items():
+                mask = nxm_mask(w, self.pattern, name)  # validates shape and finiteness
+                self.masks[name] = mask
+                self.Z[name] = w.detach().masked_fill(~mask, 0)
+                self.U[name] = torch.zeros_like(w, memory_format=torch.contiguous_format)
+
+    # ------------------------------------------------------------------ W-step
+    def penalty(self) -> float:
+        """Current value of ``rho/2 * sum ||W - Z + U||^2`` (for logging)."""
+        with torch.no_grad():
+            total = sum(
+                float((w.detach() - self.Z[n] + self.U[n]).float().pow(2).sum()) for n, w in self.params.items()
+            )
+        return 0.5 * self.rho * total
+
+    def penalty_loss(self) -> torch.Tensor:
+        """Differentiable penalty, for users who prefer adding it to the loss.
+
+        ``loss + admm.penalty_loss()`` then ``backward()`` gives the same gradient as
+        :meth:`add_penalty_grad`, but builds an autograd graph over every target.
+        """
+        terms = [(w - self.Z[n] + self.U[n]).pow(2).sum() for n, w in self.params.items()]
+        return 0.5 * self.rho * torch.stack(terms).sum()
+
+    @torch.no_grad()
+    def add_penalty_grad(self) -> None:
+        """Add ``rho * (W - Z + U)`` to every target's ``.grad`` (fused, no graph).
+
+        Call exactly once per optimizer step, after backward (and after any
+        gradient all-reduce), before ``optimizer.step()``.
+        """
+        weights, zs, us, grads = [], [], [], []
+        for name, w in self.params.items():
+            if w.grad is None:
+                w.grad = torch.zeros_like(w)
+            weights.append(w.detach())
+            zs.append(self.Z[name])
+            us.append(self.U[name])
+            grads.append(w.grad)
+        # three in-place passes, no temporaries
+        torch._foreach_add_(grads, weights, alpha=self.rho)
+        torch._foreach_add_(grads, zs, alpha=-self.rho)
+        torch._foreach_add_(grads, us, alpha=self.rho)
+
+    # ------------------------------------------------------------- Z/U-steps
+    @torch.no_grad()
+    def update(self) -> dict[str, ADMMDiagnostics]:
+        """Z-step and U-step for every target, then one rho-schedule step.
+
+        Returns:
+            ``{target name: ADMMDiagnostics}``.
+
+        Raises:
+            ValueError: if a weight (or W + U) holds NaN/Inf.
+        """
+        rho = self.rho
+        diagnostics: dict[str, ADMMDiagnostics] = {}
+        for name, param in self.params.items():
+            w = param.detach()
+            v = w + self.U[name]
+            mask = nxm_mask(v, self.pattern, name)
+            z_new = v.masked_fill(~mask, 0)
+            dual = rho * float((z_new - self.Z[name]).float().norm())
+            flips = int((mask != self.masks[name]).sum())
+            # U + W - Z_new == V - Z_new: exactly the pruned part of V
+            u_new = v.masked_fill(mask, 0)
+            w_mask = nxm_mask(w, self.pattern, name)
+            w_norm = float(w.float().norm())
+            rel_dist = float(w.masked_fill(w_mask, 0).float().norm()) / w_norm if w_norm > 0 else 0.0
+            rms = w_norm / math.sqrt(w.numel())
+            near_zero = float((w.abs() <= self.near_zero_rtol * rms).float().mean())
+            primal = float((w - z_new).float().norm())
+            penalty = 0.5 * rho * float((w - z_new + u_new).float().pow(2).sum())
+            self.Z[name], self.U[name], self.masks[name] = z_new, u_new, mask
+            diagnostics[name] = ADMMDiagnostics(primal, dual, flips, rel_dist, near_zero, penalty)
+        self.num_updates += 1
+        self._step_rho()
+        return diagnostics
+
+    def _step_rho(self) -> None:
+        new_rho = self.rho * self.rho_factor
+        if self.rho_max is not None:
+            new_rho = min(new_rho, self.rho_max)
+        if new_rho != self.rho:
+            scale = self.rho / new_rho
+            for u in self.U.values():
+                u.mul_(scale)
+            self.rho = new_rho
+
+    # ------------------------------------------------------------------ finish
+    @torch.no_grad()
+    def hard_prune(self) -> dict[str, torch.Tensor]:
+        """Set every target weight to its NxM projection; return the bool masks."""
+        masks = {}
+        for name, w in self.params.items():
+            mask = nxm_mask(w, self.pattern, name)
+            w.masked_fill_(~mask, 0)
+            masks[name] = mask
+        return masks
+
+    # ------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly (tensors are cloned)."""
+        return {
+            "pattern": str(self.pattern),
+            "rho": self.rho,
+            "rho_factor": self.rho_factor,
+            "rho_max": self.rho_max,
+            "near_zero_rtol": self.near_zero_rtol,
+            "num_updates": self.num_updates,
+            "Z": {n: t.clone() for n, t in self.Z.items()},
+            "U": {n: t.clone() for n, t in self.U.items()},
+            "masks": {n: t.clone() for n, t in self.masks.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` bit-exactly.
+
+        Raises:
+            ValueError: if the pattern or the target names/shapes differ.
+        """
+        if NxM.parse(state["pattern"]) != self.pattern:
+            raise ValueError(f"ADMM state is for pattern {state['pattern']}, this ADMM uses {self.pattern}")
+        names = set(self.params)
+        for key in ("Z", "U", "masks"):
+            if set(state[key]) != names:
+                raise ValueError(f"ADMM state targets differ from this model's: {sorted(set(state[key]) ^ names)}")
+        for key, store in (("Z", self.Z), ("U", self.U), ("masks", self.masks)):
+            for name, tensor in state[key].items():
+                if tensor.shape != store[name].shape:
+                    raise ValueError(f"ADMM state {key}[{name}] has shape {tuple(tensor.shape)}, expected {tuple(store[name].shape)}")
+                store[name] = tensor.detach().to(device=store[name].device, dtype=store[name].dtype).clone()
+        self.rho = float(state["rho"])
+        self.rho_factor = float(state["rho_factor"])
+        self.rho_max = state["rho_max"]
+        self.near_zero_rtol = float(state["near_zero_rtol"])
+        self.num_updates = int(state["num_updates"])
+
+    def __repr__(self) -> str:
+        return (
+            f"ADMM({len(self.params)} targets, pattern={self.pattern!r}, rho={self.rho:g}, "
+            f"updates={self.num_updates})"
+        )

@@ -1,0 +1,148 @@
+"""Fixed sparsity masks: baseline mask choices and keeping pruned weights at zero.
+
+How masks are kept (the choice the design asks us to state): **gradient hooks plus
+re-masking after every optimizer step**, not ``torch.nn.utils.parametrize``.
+
+* A tensor hook multiplies each target's gradient by its mask, so pruned positions
+  never receive gradient and AdamW's moment estimates stay zero there.
+* After every ``optimizer.step()`` the weights are re-masked in place.  This makes
+  exact zeros a guarantee rather than a consequence of optimizer algebra: momentum
+  carried over from before pruning, or any optimizer that moves zero-gradient
+  entries, cannot revive a pruned weight.  AdamW's decoupled weight decay keeps a
+  zero at zero anyway.
+
+Why not ``parametrize``: it renames parameters (``weight`` becomes
+``parametrizations.weight.original``), which breaks ``save_pretrained`` /
+``from_pretrained`` round trips and Trainer checkpoints of the plain model, and it
+adds a mask multiply to every forward.  With hooks the saved model is an ordinary
+(sparse-valued) Hugging Face checkpoint.
+
+Re-masking is driven by :meth:`FixedMasks.enforce`; pass an optimizer to
+:func:`apply_masks` to run it automatically through
+``Optimizer.register_step_post_hook``, or call it from a Trainer callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .nxm import NxM, nxm_mask
+
+__all__ = ["magnitude_nxm_masks", "unstructured_masks", "apply_masks", "FixedMasks", "mask_sparsity"]
+
+
+@torch.no_grad()
+def magnitude_nxm_masks(targets: Mapping[str, nn.Module], pattern: NxM | str) -> dict[str, torch.Tensor]:
+    """One-shot magnitude NxM masks (the NVIDIA ASP recipe): keep the m largest of each n."""
+    pattern = NxM.parse(pattern)
+    return {name: nxm_mask(module.weight, pattern, name) for name, module in targets.items()}
+
+
+@torch.no_grad()
+def unstructured_masks(
+    targets: Mapping[str, nn.Module], density: float, scope: str = "layer"
+) -> dict[str, torch.Tensor]:
+    """Unstructured magnitude masks keeping a fraction ``density`` of the weights.
+
+    Args:
+        targets: ``{name: nn.Linear}``.
+        density: Fraction kept, in (0, 1]; use ``pattern.density`` for a
+            same-density reference to an NxM pattern.
+        scope: ``"layer"`` keeps exactly ``round(density * numel)`` per layer;
+            ``"global"`` ranks all targets together.
+
+    Ties are broken by position (stable sort), so the masks are deterministic.
+    """
+    if not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    if scope not in ("layer", "global"):
+        raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+
+    def keep_top(values: torch.Tensor, k: int) -> torch.Tensor:
+        order = torch.sort(values, descending=True, stable=True).indices[:k]
+        mask = torch.zeros(values.numel(), dtype=torch.bool, device=values.device)
+        mask[order] = True
+        return mask
+
+    weights = {name: module.weight.detach() for name, module in targets.items()}
+    if scope == "layer":
+        return {
+            name: keep_top(w.abs().reshape(-1), round(density * w.numel())).reshape(w.shape)
+            for name, w in weights.items()
+        }
+    flat = torch.cat([w.abs().reshape(-1).float() for w in weights.values()])
+    mask = keep_top(flat, round(density * flat.numel()))
+    out, offset = {}, 0
+    for name, w in weights.items():
+        out[name] = mask[offset : offset + w.numel()].reshape(w.shape).to(w.device)
+        offset += w.numel()
+    return out
+
+
+def mask_sparsity(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Fraction of pruned (False) positions per mask."""
+    return {name: 1.0 - float(m.float().mean()) for name, m in masks.items()}
+
+
+class FixedMasks:
+    """Keeps masked target weights exactly zero during training.
+
+    Created by :func:`apply_masks`.  Call :meth:`enforce` after every optimizer step
+    (automatic when an optimizer was given), and :meth:`remove` to detach the hooks.
+    """
+
+    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+        modules = dict(model.named_modules())
+        missing = [name for name in masks if name not in modules]
+        if missing:
+            raise ValueError(f"mask(s) for module(s) not in the model: {missing}")
+        self.params: dict[str, nn.Parameter] = {}
+        self.masks: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+        for name, mask in masks.items():
+            weight = modules[name].weight
+            if mask.shape != weight.shape:
+                raise ValueError(f"{name}: mask shape {tuple(mask.shape)} != weight shape {tuple(weight.shape)}")
+            mask = mask.to(device=weight.device, dtype=torch.bool)
+            self.params[name] = weight
+            self.masks[name] = mask
+            self._handles.append(weight.register_hook(lambda g, m=mask: g.masked_fill(~m, 0)))
+        self.enforce()
+
+    @torch.no_grad()
+    def enforce(self) -> None:
+        """Zero every masked weight in place."""
+        for name, weight in self.params.items():
+            weight.masked_fill_(~self.masks[name], 0)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Run :meth:`enforce` after every ``optimizer.step()``."""
+        self._handles.append(optimizer.register_step_post_hook(lambda *_: self.enforce()))
+
+    def remove(self) -> None:
+        """Remove every hook (the weights stay as they are)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def apply_masks(
+    model: nn.Module, masks: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer | None = None
+) -> FixedMasks:
+    """Zero the masked weights now and keep them zero through training.
+
+    Args:
+        model: The model whose modules the mask names refer to.
+        masks: ``{module name: bool mask}`` with ``True`` = keep.
+        optimizer: If given, weights are re-masked after each of its steps.
+
+    Returns:
+        The :class:`FixedMasks` handle.
+    """
+    fixed = FixedMasks(model, masks)
+    if optimizer is not None:
+        fixed.attach(optimizer)
+    return fixed
