@@ -212,6 +212,27 @@ class ADMM:
         self._step_rho()
         return diagnostics
 
+    @torch.no_grad()
+    def measure(self) -> dict[str, dict[str, float]]:
+        """Diagnostics of the current W against the current Z and U, changing nothing.
+
+        Returns ``{target: {"primal", "rel_dist", "near_zero", "penalty"}}`` (as in
+        :class:`ADMMDiagnostics`, without the update-only ``dual`` and ``flips``).
+        """
+        out = {}
+        for name, param in self.params.items():
+            w = param.detach()
+            w_norm = float(w.float().norm())
+            pruned = w.masked_fill(nxm_mask(w, self.pattern, name), 0)
+            rms = w_norm / math.sqrt(w.numel())
+            out[name] = {
+                "primal": float((w - self.Z[name]).float().norm()),
+                "rel_dist": float(pruned.float().norm()) / w_norm if w_norm > 0 else 0.0,
+                "near_zero": float((w.abs() <= self.near_zero_rtol * rms).float().mean()),
+                "penalty": 0.5 * self.rho * float((w - self.Z[name] + self.U[name]).float().pow(2).sum()),
+            }
+        return out
+
     def _step_rho(self) -> None:
         new_rho = self.rho * self.rho_factor
         if self.rho_max is not None:

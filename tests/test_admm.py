@@ -117,6 +117,10 @@ def test_update_diagnostics_on_a_known_case():
     assert d.rel_dist == pytest.approx(1.0 / math.sqrt(21))
     assert d.near_zero == pytest.approx(0.25)
     assert d.penalty == pytest.approx(0.5 * 0.5 * 4.0)  # W - Z + U = [0, 2, 0, 0]
+    measured = admm.measure()["fc"]  # same numbers, nothing changed
+    for key in ("primal", "rel_dist", "near_zero", "penalty"):
+        assert measured[key] == pytest.approx(getattr(d, key))
+    assert admm.num_updates == 1
 
 
 def test_rho_schedule_multiplies_up_to_cap_and_rescales_u():

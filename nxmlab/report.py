@@ -1,0 +1,100 @@
+"""Read the results store into tables: one row per finished run, and the GLUE table.
+
+GLUE conventions: the task score is CoLA's MCC, STS-B's mean of Pearson and Spearman,
+MRPC/QQP's mean of F1 and accuracy, and accuracy elsewhere; tables show it x100.
+With several seeds a cell reads ``mean ± std`` (sample std, ddof=1).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .glue import GLUE_TASKS
+from .store import is_finished, iter_runs, read_json
+
+__all__ = ["load_results", "glue_table", "to_markdown", "method_label"]
+
+
+def method_label(method: str, kd: bool) -> str:
+    """``"admm+kd"``-style label."""
+    return method + ("+kd" if kd else "")
+
+
+def load_results(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """One row per finished run under ``results_dir``.
+
+    Columns: ``run, task, method, kd, label, model, pattern, rho, seed, score`` (x100),
+    ``before_prune, after_prune`` (x100, where recorded), ``seconds`` and ``sparsity``.
+    """
+    rows = []
+    for run_dir in iter_runs(results_dir):
+        if not is_finished(run_dir):
+            continue
+        m = read_json(run_dir / "metrics.json")
+        evals = m.get("eval", {})
+
+        def score(key: str) -> float | None:
+            from .metrics import glue_score
+
+            result = evals.get(key)
+            if not result:
+                return None
+            return 100 * sum(glue_score(m["task"], v) for v in result.values()) / len(result)
+
+        rows.append({
+            "run": str(Path(run_dir).relative_to(results_dir)),
+            "task": m["task"], "method": m["method"], "kd": bool(m["kd"]), "label": method_label(m["method"], m["kd"]),
+            "model": m["model"], "pattern": m.get("pattern"), "rho": m.get("rho"), "seed": m["seed"],
+            "score": 100 * m["score"], "before_prune": score("before_prune"), "after_prune": score("after_prune"),
+            "seconds": m.get("seconds"), "sparsity": m.get("sparsity", {}).get("mean"),
+        })
+    return pd.DataFrame(rows, columns=["run", "task", "method", "kd", "label", "model", "pattern", "rho", "seed",
+                                       "score", "before_prune", "after_prune", "seconds", "sparsity"])
+
+
+def _cell(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.1f}"
+    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
+
+
+def glue_table(results: pd.DataFrame, tasks: list[str] | None = None) -> pd.DataFrame:
+    """The GLUE table: one row per method (label), one column per task, plus the average.
+
+    Cells are strings (``mean ± std`` over seeds).  The average is taken per seed over
+    the tasks present, then over seeds, for rows that have every task.
+    """
+    if results.empty:
+        return pd.DataFrame()
+    order = [t for t in GLUE_TASKS if t in set(results["task"])]
+    tasks = tasks or order
+    df = results[results["task"].isin(tasks)].copy()
+    if df["rho"].nunique(dropna=True) > 1:  # a rho sweep: keep the rows apart
+        df.loc[df["method"] == "admm", "label"] = df["label"] + " (rho=" + df["rho"].map("{:g}".format) + ")"
+    table = {}
+    for label, group in df.groupby("label", sort=False):
+        row = {task: _cell(group.loc[group["task"] == task, "score"]) for task in tasks}
+        per_seed = group.pivot_table(index="seed", columns="task", values="score", aggfunc="mean")
+        complete = per_seed.dropna(subset=[t for t in tasks if t in per_seed.columns])
+        row["avg"] = _cell(complete.mean(axis=1)) if set(tasks) <= set(per_seed.columns) else "–"
+        table[label] = row
+    preferred = ["dense", "magnitude", "magnitude+kd", "admm", "admm+kd", "unstructured", "unstructured+kd"]
+    labels = sorted(table, key=lambda s: (preferred.index(s) if s in preferred else len(preferred), s))
+    return pd.DataFrame.from_dict({k: table[k] for k in labels}, orient="index", columns=[*tasks, "avg"])
+
+
+def to_markdown(table: pd.DataFrame, index_name: str = "method") -> str:
+    """A GitHub-flavoured markdown table (no extra dependency)."""
+    if table.empty:
+        return "_no finished runs_\n"
+    header = [index_name, *map(str, table.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
+    for idx, row in table.iterrows():
+        lines.append("| " + " | ".join([str(idx), *map(str, row.tolist())]) + " |")
+    return "\n".join(lines) + "\n"

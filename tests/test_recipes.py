@@ -1,0 +1,218 @@
+"""End-to-end GLUE recipes on the `tiny` model with a few dozen real RTE / STS-B examples."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from nxmlab.nxm import is_nxm
+from nxmlab.recipes import NxMTrainingArguments, RunConfig, run_dir_for, run_experiment
+from nxmlab.store import config_hash, load_masks, read_json, read_jsonl
+from nxmlab.targets import select_targets
+from nxmlab.trainer import ADMM_STATE_FILE
+
+pytestmark = pytest.mark.slow
+
+SPARSE = [("magnitude", False), ("magnitude", True), ("unstructured", False), ("admm", False), ("admm", True)]
+
+
+def make(results: Path, glue_dir: Path, task: str = "rte", **overrides):
+    cfg = RunConfig(task=task, model="tiny", train_limit=32, eval_limit=16, results_dir=str(results),
+                    glue_dir=str(glue_dir), log_interval=2, retrain_epochs=1.0)
+    cfg = dataclasses.replace(cfg, **overrides)
+    args = NxMTrainingArguments(num_train_epochs=2, per_device_train_batch_size=8, per_device_eval_batch_size=16,
+                                learning_rate=1e-3, save_steps=2, logging_steps=2, disable_tqdm=True)
+    return cfg, args
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, glue_dir):
+    """Every method ± KD on RTE, into one results folder (dense trained once, reused)."""
+    results = tmp_path_factory.mktemp("results")
+    runs = {}
+    for method, kd in [("dense", False), *SPARSE]:
+        cfg, args = make(results, glue_dir, method=method, kd=kd)
+        runs[(method, kd)] = (run_experiment(cfg, args), run_dir_for(cfg, args))
+    return results, runs
+
+
+def _model_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "model" / "model.safetensors")
+
+
+@pytest.mark.parametrize("method, kd", [("dense", False), *SPARSE])
+def test_every_method_leaves_a_complete_record(store, method, kd):
+    _, runs = store
+    metrics, run_dir = runs[(method, kd)]
+    assert metrics["status"] == "finished" and metrics["kd"] == kd
+    for name in ("config.json", "metrics.json", "state.json", "log.jsonl", "model/model.safetensors"):
+        assert (run_dir / name).exists(), name
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "phases").exists()
+    assert run_dir.name.endswith(config_hash(read_json(run_dir / "config.json")))
+    assert 0.0 <= metrics["score"] <= 1.0
+    if method == "dense":
+        assert set(metrics["eval"]) == {"final"}
+        return
+    assert set(metrics["eval"]) == {"before_prune", "after_prune", "final"}
+    assert metrics["dense_run"] is None if (method == "admm" and not kd) else metrics["dense_run"].startswith("rte/dense")
+    masks = load_masks(run_dir / "masks.npz")
+    assert {"final", "pretrained_magnitude"} <= set(masks)
+    phases = {"admm": ["admm", "retrain"]}.get(method, ["finetune"])
+    assert list(metrics["phases"]) == phases
+    for phase in metrics["phases"].values():
+        assert phase["seconds"] > 0 and phase["seconds_per_epoch"] > 0
+    if method == "admm":
+        dynamics = read_jsonl(run_dir / "dynamics.jsonl")
+        events = {r["event"] for r in dynamics}
+        assert events == {"init", "update", "log"}
+        assert {"primal", "rel_dist", "near_zero", "penalty", "component", "layer"} <= set(dynamics[0])
+        updates = [r for r in dynamics if r["event"] == "update"]
+        assert {"dual", "flips"} <= set(updates[0])
+        assert sorted({r["step"] for r in updates}) == [4, 8]  # once per epoch: 32 examples / batch 8
+        assert (run_dir / ADMM_STATE_FILE).exists()
+
+
+@pytest.mark.parametrize("method, kd", [m for m in SPARSE if m[0] != "unstructured"])
+def test_targets_are_exactly_nxm_with_exact_sparsity(store, method, kd):
+    _, runs = store
+    metrics, run_dir = runs[(method, kd)]
+    weights = _model_weights(run_dir)
+    final = load_masks(run_dir / "masks.npz", "final")["final"]
+    assert len(final) == 12  # 2 layers x 6 components
+    for name, mask in final.items():
+        w = weights[f"{name}.weight"]
+        assert is_nxm(w, "4:2"), name
+        assert not w[~mask].any()
+        assert float(mask.float().mean()) == 0.5
+        assert metrics["sparsity"]["targets"][name] == 0.5
+    assert metrics["is_nxm"] is True
+
+
+def test_unstructured_keeps_the_same_density_without_the_pattern(store):
+    _, runs = store
+    metrics, run_dir = runs[("unstructured", False)]
+    weights = _model_weights(run_dir)
+    final = load_masks(run_dir / "masks.npz", "final")["final"]
+    assert all(float(m.float().mean()) == 0.5 for m in final.values())
+    assert not all(is_nxm(weights[f"{n}.weight"], "4:2") for n in final)
+    assert metrics["sparsity"]["mean"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("method, kd", SPARSE)
+def test_non_target_weights_are_never_masked(store, method, kd):
+    _, runs = store
+    _, run_dir = runs[(method, kd)]
+    weights = _model_weights(run_dir)
+    targets = {f"{n}.weight" for n in load_masks(run_dir / "masks.npz", "final")["final"]}
+    others = [k for k, v in weights.items() if k not in targets and v.dim() == 2]
+    assert "classifier.weight" in others and "bert.pooler.dense.weight" in others
+    for key in others:
+        zero = float((weights[key] == 0).float().mean())
+        assert zero < 0.02, (key, zero)  # only BERT's padding embedding row is zero
+
+
+def test_kd_changes_training(store):
+    _, runs = store
+    plain, kd = _model_weights(runs[("admm", False)][1]), _model_weights(runs[("admm", True)][1])
+    assert not torch.equal(plain["classifier.weight"], kd["classifier.weight"])
+
+
+def test_regression_task_stsb(tmp_path, glue_dir):
+    cfg, args = make(tmp_path, glue_dir, task="stsb", method="admm", kd=True)
+    metrics = run_experiment(cfg, args)
+    final = metrics["eval"]["final"]["validation"]
+    assert {"pearson", "spearmanr", "score"} <= set(final)
+    assert final["score"] == pytest.approx((final["pearson"] + final["spearmanr"]) / 2)
+    assert metrics["is_nxm"] is True
+
+
+def test_finished_config_is_skipped_unless_overwrite(store, glue_dir):
+    results, runs = store
+    _, run_dir = runs[("magnitude", False)]
+    stamp = os.stat(run_dir / "metrics.json").st_mtime_ns
+    cfg, args = make(results, glue_dir, method="magnitude")
+    assert run_experiment(cfg, args) == read_json(run_dir / "metrics.json")
+    assert os.stat(run_dir / "metrics.json").st_mtime_ns == stamp
+    assert len(list((results / "rte").glob("dense-*"))) == 1  # the teacher was reused, not retrained
+    again = run_experiment(dataclasses.replace(cfg, overwrite=True), args)
+    assert os.stat(run_dir / "metrics.json").st_mtime_ns != stamp
+    assert again["eval"] == runs[("magnitude", False)][0]["eval"]  # deterministic on CPU
+
+
+class Interrupted(Exception):
+    pass
+
+
+class Interrupt(TrainerCallback):
+    """Raise once, when `phase` has completed optimizer step `step` (and any checkpoint it saves)."""
+
+    def __init__(self, phase: str, step: int) -> None:
+        self.phase, self.step, self.fired = phase, step, False
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if not self.fired and Path(args.output_dir).name == self.phase and state.global_step == self.step:
+            self.fired = True
+            raise Interrupted(f"{self.phase} after step {self.step}")
+
+
+@pytest.fixture(scope="module")
+def admm_reference(tmp_path_factory, glue_dir):
+    results = tmp_path_factory.mktemp("reference")
+    cfg, args = make(results, glue_dir, method="admm")
+    metrics = run_experiment(cfg, args)
+    return metrics, run_dir_for(cfg, args)
+
+
+@pytest.mark.parametrize("phase, step", [("admm", 3), ("admm", 4), ("retrain", 2)],
+                         ids=["during-admm", "at-zu-update", "during-retrain"])
+def test_resume_after_interrupt_matches_uninterrupted(tmp_path, glue_dir, admm_reference, phase, step):
+    cfg, args = make(tmp_path, glue_dir, method="admm")
+    with pytest.raises(Interrupted):
+        run_experiment(cfg, args, callbacks=[Interrupt(phase, step)])
+    run_dir = run_dir_for(cfg, args)
+    assert not (run_dir / "metrics.json").exists()  # a killed run never looks finished
+    metrics = run_experiment(cfg, args)
+    reference, ref_dir = admm_reference
+    assert metrics["phases"][phase]["resumed_from_step"] == (2 if step == 3 else step)
+    assert metrics["eval"] == reference["eval"]
+    ours, theirs = _model_weights(run_dir), _model_weights(ref_dir)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+    state, ref_state = (torch.load(d / ADMM_STATE_FILE, weights_only=True) for d in (run_dir, ref_dir))
+    for part in ("Z", "U", "masks"):
+        for name in ref_state[part]:
+            assert torch.equal(state[part][name], ref_state[part][name]), (part, name)
+    assert state["rho"] == ref_state["rho"] and state["num_updates"] == ref_state["num_updates"]
+    strip = lambda rows: [{k: v for k, v in r.items()} for r in rows]  # noqa: E731
+    assert strip(read_jsonl(run_dir / "dynamics.jsonl")) == strip(read_jsonl(ref_dir / "dynamics.jsonl"))
+
+
+def test_bad_config_fails_before_writing(tmp_path, glue_dir):
+    for overrides in ({"method": "prune"}, {"pattern": "4:4"}, {"rho": 0.0}, {"kd": True, "method": "dense"},
+                      {"components": "query,attn"}, {"task": "glue"}):
+        cfg, args = make(tmp_path / "r", glue_dir, **overrides)
+        with pytest.raises(ValueError):
+            run_experiment(cfg, args)
+    assert not (tmp_path / "r").exists()
+
+
+def test_kd_needs_matching_teacher_labels(tmp_path, glue_dir):
+    from nxmlab.models import load_model_and_tokenizer
+    from nxmlab.recipes import _Run
+
+    cfg, args = make(tmp_path, glue_dir, method="admm", kd=True)
+    run = _Run(cfg, args, tmp_path, [])
+    student, _ = load_model_and_tokenizer("tiny", 2)
+    teacher, _ = load_model_and_tokenizer("tiny", 3)
+    with pytest.raises(ValueError, match="teacher has 3 labels but the student has 2"):
+        run.check_teacher(teacher, student)
+    with pytest.raises(ValueError, match="needs a dense teacher"):
+        run.check_teacher(None, student)
+    assert select_targets(student)  # sanity: the tiny model has targets
