@@ -24,11 +24,13 @@ RNG and ADMM states, and skips phases that already finished.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-import json
+import fcntl
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -45,6 +47,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from safetensors.torch import save_file
 from transformers.utils import logging as hf_logging
 
 from . import __version__
@@ -70,7 +73,9 @@ from .trainer import (
     ADMMCallback,
     CheckpointMarker,
     DistillationTrainer,
+    FiniteGuard,
     FixedMaskCallback,
+    NonFiniteError,
     last_complete_checkpoint,
 )
 
@@ -116,6 +121,7 @@ class RunConfig:
     results_dir: str = field(default="results", metadata={"help": "Results store root."})
     log_interval: int = field(default=50, metadata={"help": "Optimizer steps between ADMM dynamics records."})
     overwrite: bool = field(default=False, metadata={"help": "Re-run even if an identical finished run exists."})
+    teacher: str | None = field(default=None, metadata={"help": "KD teacher: a model folder or a finished dense run folder (default: the dense run of this task, model and seed, trained if missing)."})
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -144,6 +150,8 @@ class RunConfig:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise ValueError(f"kd_alpha must be in [0, 1], got {self.kd_alpha}")
+        if self.teacher is not None and not self.kd:
+            raise ValueError("--teacher is only used with --kd")
 
     def component_list(self) -> tuple[str, ...]:
         """``components`` as a tuple of component names."""
@@ -180,6 +188,9 @@ class NxMTrainingArguments(TrainingArguments):
     dataloader_pin_memory: bool = field(default=torch.cuda.is_available(), metadata={"help": "Pin memory (GPU only)."})
 
 
+#: Target weights at the first Z/U update past half of the ADMM phase.
+MID_WEIGHTS_FILE = "weights_admm_mid.safetensors"
+
 _TIMING_KEYS = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time", "epoch")
 
 
@@ -195,6 +206,7 @@ def canonical_config(cfg: RunConfig, args: TrainingArguments) -> dict[str, Any]:
         "eval_limit": cfg.eval_limit,
         "training": {key: getattr(args, key, None) for key in _TRAINING_KEYS},
     }
+    config["training"]["num_train_epochs"] = float(args.num_train_epochs)  # 3 and 3.0 are one run
     config["training"]["lr_scheduler_type"] = str(config["training"]["lr_scheduler_type"])
     config["training"]["optim"] = str(config["training"]["optim"])
     if cfg.method != "dense":
@@ -202,16 +214,18 @@ def canonical_config(cfg: RunConfig, args: TrainingArguments) -> dict[str, Any]:
             kd=cfg.kd,
             pattern=str(NxM.parse(cfg.pattern)),
             components=list(cfg.component_list()),
-            dense_epochs=cfg.dense_epochs or float(args.num_train_epochs),
+            dense_epochs=float(cfg.dense_epochs or args.num_train_epochs),
         )
         if cfg.kd:
             config.update(kd_temperature=cfg.kd_temperature, kd_alpha=cfg.kd_alpha)
+            if cfg.teacher is not None:
+                config["teacher"] = str(Path(cfg.teacher).resolve())
     if cfg.method in ("magnitude", "unstructured"):
         config["mask_source"] = cfg.mask_source
     if cfg.method == "admm":
         config.update(
             rho=cfg.rho, rho_factor=cfg.rho_factor, rho_max=cfg.rho_max, admm_interval=cfg.admm_interval,
-            admm_init=cfg.admm_init, retrain_epochs=cfg.retrain_epochs,
+            admm_init=cfg.admm_init, retrain_epochs=float(cfg.retrain_epochs),
         )
     return config
 
@@ -287,7 +301,7 @@ class _Run:
             result[split] = {k.removeprefix("eval_"): float(v) for k, v in metrics.items()
                              if isinstance(v, (int, float)) and not k.endswith(_TIMING_KEYS)}
             if not math.isfinite(result[split].get("loss", 0.0)):
-                raise RuntimeError(f"non-finite evaluation loss on {split} at '{key}'")
+                raise NonFiniteError(f"non-finite evaluation loss on {split} at '{key}' of {self.run_dir}")
         self.state["eval"][key] = result
         self.save_state()
         logger.info("%s %s: score %.4f", self.run_dir.name, key, self.score(result))
@@ -306,7 +320,8 @@ class _Run:
         args.output_dir = str(self.run_dir / "checkpoints" / name)
         args.num_train_epochs = epochs
         kwargs: dict[str, Any] = dict(model=model, args=args, train_dataset=self.train, data_collator=self.collator,
-                                      callbacks=[*callbacks, *self.extra_callbacks, CheckpointMarker(name)])
+                                      callbacks=[*callbacks, *self.extra_callbacks, FiniteGuard(name),
+                                                 CheckpointMarker(name)])
         if teacher is not None:
             trainer = DistillationTrainer(**kwargs, teacher=teacher, temperature=self.cfg.kd_temperature,
                                           alpha=self.cfg.kd_alpha)
@@ -343,14 +358,32 @@ class _Run:
         return model
 
     # --- methods -------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load and check everything a run needs; writes nothing."""
+        self.pretrained_model, tokenizer = self.pretrained()
+        self.load_data(tokenizer)
+        if self.cfg.method != "dense":
+            self.targets(self.pretrained_model)  # n must divide every target's width
+        self.teacher_model = None
+        if self.cfg.kd and self.cfg.teacher is not None:
+            self.teacher_model = self.load_teacher(Path(self.cfg.teacher))
+
+    def load_teacher(self, path: Path):
+        folder = path / "model" if (path / "model" / "config.json").is_file() else path
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"--kd needs a dense teacher, and {path} is neither a model folder nor a finished dense run")
+        teacher = self.load_saved(folder)
+        self.check_teacher(teacher, self.pretrained_model, folder)
+        return teacher
+
     def run(self, dense_dir: Path | None) -> dict[str, Any]:
         cfg = self.cfg
-        pretrained, tokenizer = self.pretrained()
-        self.load_data(tokenizer)
+        pretrained = self.pretrained_model
         dense = self.load_saved(dense_dir / "model") if dense_dir is not None else None
-        teacher = dense if cfg.kd else None
+        teacher = None
         if cfg.kd:
-            self.check_teacher(teacher, pretrained)
+            teacher = self.teacher_model if self.teacher_model is not None else dense
+            self.check_teacher(teacher, pretrained, dense_dir)
         mask_sets: dict[str, dict[str, torch.Tensor]] = {}
         if cfg.method != "dense":
             mask_sets["pretrained_magnitude"] = magnitude_nxm_masks(self.targets(pretrained), self.pattern)
@@ -389,7 +422,14 @@ class _Run:
             / self.args.gradient_accumulation_steps
         )
         interval = cfg.admm_interval or steps_per_epoch
-        callback = ADMMCallback(admm, interval, cfg.log_interval, record=lambda rows: append_jsonl(dynamics, rows))
+        def target_weights() -> dict[str, torch.Tensor]:
+            return {name: p.detach().clone().contiguous() for name, p in admm.params.items()}
+
+        def on_midpoint(step: int) -> None:  # for the |w| histograms (large: not committed)
+            save_file(target_weights(), str(self.run_dir / MID_WEIGHTS_FILE), metadata={"step": str(step)})
+
+        callback = ADMMCallback(admm, interval, cfg.log_interval, record=lambda rows: append_jsonl(dynamics, rows),
+                                on_midpoint=on_midpoint)
 
         def on_resume(checkpoint: Path, step: int) -> None:
             admm.load_state_dict(torch.load(checkpoint / ADMM_STATE_FILE, weights_only=True))
@@ -400,8 +440,8 @@ class _Run:
         if "admm" not in self.state["phases"]:
             if not any(self.run_dir.glob("checkpoints/admm/checkpoint-*")):
                 dynamics.unlink(missing_ok=True)  # a fresh start: no stale records
-        def on_end() -> None:  # the final ADMM state, for analysis (large: not committed)
-            torch.save(admm.state_dict(), self.run_dir / ADMM_STATE_FILE)
+        def on_end() -> None:  # the final ADMM state and W before the prune (large: not committed)
+            torch.save({**admm.state_dict(), "W": target_weights()}, self.run_dir / ADMM_STATE_FILE)
 
         model = self.phase("admm", model, self.args.num_train_epochs, [callback], teacher, on_resume, on_end)
         self.evaluate("before_prune", model)
@@ -413,14 +453,20 @@ class _Run:
         fixed.remove()
         return model
 
-    def check_teacher(self, teacher, student) -> None:
+    def check_teacher(self, teacher, student, folder: Path | None = None) -> None:
+        """Raise ``ValueError`` unless ``teacher`` can teach ``student`` on this task."""
         if teacher is None:
             raise ValueError("--kd needs a dense teacher for this task, model and seed, and none is available")
         t_labels, s_labels = teacher.config.num_labels, student.config.num_labels
         if t_labels != s_labels:
             raise ValueError(f"teacher has {t_labels} labels but the student has {s_labels}")
-        if teacher.config.vocab_size != student.config.vocab_size:
-            raise ValueError("teacher and student use different tokenizers (vocabulary sizes differ)")
+        same_vocab = teacher.config.vocab_size == student.config.vocab_size
+        if same_vocab and folder is not None and any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+            from transformers import AutoTokenizer
+
+            same_vocab = AutoTokenizer.from_pretrained(folder).get_vocab() == self.tokenizer.get_vocab()
+        if not same_vocab:
+            raise ValueError("teacher and student use different tokenizers (their vocabularies differ)")
 
     def finish(self, model, final, masks, mask_sets, dense_dir) -> dict[str, Any]:
         cfg = self.cfg
@@ -446,6 +492,7 @@ class _Run:
         if target.exists():
             shutil.rmtree(target)
         (phases / last).rename(target)
+        self.tokenizer.save_pretrained(target)
         shutil.rmtree(phases, ignore_errors=True)
         shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         metrics = {
@@ -468,8 +515,43 @@ class _Run:
         return metrics
 
 
+def _check_writable(folder: Path) -> None:
+    """Raise ``ValueError`` unless ``folder`` exists writable or can be created."""
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write to results folder {folder} ({probe} is not a writable folder)")
+
+
+def _check_compatible(run_dir: Path) -> None:
+    existing = read_json(run_dir / "config.json")
+    if existing is not None and existing.get("store_version") != STORE_VERSION:
+        raise ValueError(
+            f"{run_dir} was written by an incompatible nxmlab (store version {existing.get('store_version')}, "
+            f"this nxmlab uses {STORE_VERSION}); use --overwrite or another --results_dir"
+        )
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path):
+    """Exclusive lock of one run folder across processes (waits for the holder)."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f".{run_dir.name}.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning("%s is being written by another process; waiting for it", run_dir)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _needs_dense(cfg: RunConfig) -> bool:
-    return cfg.method in ("magnitude", "unstructured") or cfg.kd or (cfg.method == "admm" and cfg.admm_init == "dense")
+    return (cfg.method in ("magnitude", "unstructured") or (cfg.kd and cfg.teacher is None)
+            or (cfg.method == "admm" and cfg.admm_init == "dense"))
 
 
 def run_experiment(
@@ -479,28 +561,40 @@ def run_experiment(
 
     A finished identical run is reused (unless ``cfg.overwrite``); an unfinished one
     resumes.  Sparse methods that need the dense model train or reuse it first.
+    Every input is checked (data, model, targets, teacher) before anything is
+    written; a failure then leaves the results folder as it was.
 
     Args:
         cfg: What to run.
         args: Training arguments (default: :class:`NxMTrainingArguments`).
         callbacks: Extra ``TrainerCallback`` objects for every training phase.
+
+    Raises:
+        ValueError: bad configuration or input (nothing written).
+        FileNotFoundError: missing GLUE data (nothing written).
+        NonFiniteError: NaN/Inf during training; the last good checkpoint is kept.
     """
     cfg.validate()
     args = args if args is not None else NxMTrainingArguments()
-    if args.num_train_epochs <= 0 or args.per_device_train_batch_size < 1:
-        raise ValueError(
-            f"num_train_epochs must be > 0 and per_device_train_batch_size >= 1, got "
-            f"{args.num_train_epochs} and {args.per_device_train_batch_size}"
-        )
+    for name in ("num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps"):
+        value = getattr(args, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+    _check_writable(Path(cfg.results_dir))
     run_dir = run_dir_for(cfg, args)
     config = canonical_config(cfg, args)
-    if is_finished(run_dir) and not cfg.overwrite:
-        logger.info("reusing finished run %s", run_dir)
-        return read_json(run_dir / "metrics.json")
+    if not cfg.overwrite:
+        _check_compatible(run_dir)
+        if is_finished(run_dir):
+            logger.info("reusing finished run %s", run_dir)
+            return read_json(run_dir / "metrics.json")
+
+    run = _Run(cfg, args, run_dir, callbacks)
+    run.setup()
 
     dense_dir = None
     if _needs_dense(cfg):
-        dense_cfg = dataclasses.replace(cfg, method="dense", kd=False, overwrite=False)
+        dense_cfg = dataclasses.replace(cfg, method="dense", kd=False, overwrite=False, teacher=None)
         dense_args = copy.deepcopy(args)
         dense_args.num_train_epochs = cfg.dense_epochs or args.num_train_epochs
         dense_dir = run_dir_for(dense_cfg, dense_args)
@@ -509,18 +603,19 @@ def run_experiment(
             dense_cfg.overwrite = True
         run_experiment(dense_cfg, dense_args, callbacks)
 
-    if cfg.overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    existing = read_json(run_dir / "config.json")
-    if existing is not None and json.loads(json.dumps(existing)) != json.loads(json.dumps(config, default=str)):
-        raise ValueError(f"{run_dir} holds a run of a different configuration; use --overwrite to replace it")
-    atomic_write_json(run_dir / "config.json", config)
-    # keep Trainer's progress bar; silence per-checkpoint "Writing model shards" bars
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        return _Run(cfg, args, run_dir, callbacks).run(dense_dir)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+    with _run_lock(run_dir):
+        if is_finished(run_dir) and not cfg.overwrite:  # finished by another process meanwhile
+            return read_json(run_dir / "metrics.json")
+        if cfg.overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+            run.state = {"phases": {}, "eval": {}}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", config)
+        # keep Trainer's progress bar; silence per-checkpoint "Writing model shards" bars
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            return run.run(dense_dir)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()

@@ -154,8 +154,8 @@ def is_finished(run_dir: str | os.PathLike[str]) -> bool:
 
 
 def iter_runs(results_dir: str | os.PathLike[str]) -> Iterator[Path]:
-    """Every run folder (holding a ``config.json``) under ``results_dir``, sorted."""
+    """Every run folder ``<results_dir>/<task>/<run>/`` holding a ``config.json``, sorted."""
     root = Path(results_dir)
     if not root.is_dir():
         return iter(())
-    return iter(sorted(p.parent for p in root.rglob("config.json")))
+    return iter(sorted(p.parent for p in root.glob("*/*/config.json")))

@@ -26,6 +26,7 @@ __all__ = [
     "FixedMaskCallback",
     "CheckpointMarker",
     "DistillationTrainer",
+    "FiniteGuard",
     "NonFiniteError",
     "last_complete_checkpoint",
     "COMPLETE_MARKER",
@@ -54,7 +55,9 @@ class ADMMCallback(TrainerCallback):
     * ``on_step_end``: Z/U update every ``interval`` optimizer steps, and a
       non-mutating measurement every ``log_interval`` steps; both are passed to
       ``record`` as one dict per target;
-    * ``on_save``: stores the ADMM state inside the checkpoint folder.
+    * ``on_save``: stores the ADMM state inside the checkpoint folder;
+    * ``on_midpoint(step)``: called once, at the first Z/U update past half of the
+      phase (before that update), e.g. to snapshot the weights.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class ADMMCallback(TrainerCallback):
         log_interval: int,
         record: Callable[[list[dict[str, Any]]], None] | None = None,
         phase: str = "admm",
+        on_midpoint: Callable[[int], None] | None = None,
     ) -> None:
         if interval < 1 or log_interval < 1:
             raise ValueError(f"admm interval and log interval must be >= 1, got {interval} and {log_interval}")
@@ -72,6 +76,7 @@ class ADMMCallback(TrainerCallback):
         self.log_interval = log_interval
         self.record = record
         self.phase = phase
+        self.on_midpoint = on_midpoint
         self.history: list[dict[str, Any]] = []
 
     def _emit(self, step: int, epoch: float | None, event: str, per_target: dict[str, dict[str, Any]]) -> None:
@@ -97,6 +102,8 @@ class ADMMCallback(TrainerCallback):
         step = state.global_step
         if step % self.interval == 0:
             rho = self.admm.rho
+            if self.on_midpoint is not None and step >= state.max_steps / 2 > step - self.interval:
+                self.on_midpoint(step)  # W at the first update past half-way, before it
             diagnostics = {n: {**d.to_dict(), "rho_used": rho} for n, d in self.admm.update().items()}
             self._emit(step, state.epoch, "update", diagnostics)
         elif step % self.log_interval == 0:
@@ -121,21 +128,44 @@ class FixedMaskCallback(TrainerCallback):
         self.fixed.enforce()
 
 
-class CheckpointMarker(TrainerCallback):
-    """Marks a checkpoint complete once every callback has written into it.
+class FiniteGuard(TrainerCallback):
+    """Stops training with :class:`NonFiniteError` at the first NaN/Inf loss or weight.
 
-    Add it *last*: a checkpoint cut short by a kill has no marker and is never
-    resumed from.  It also stops training with :class:`NonFiniteError` when the
-    logged loss is NaN/Inf, before a bad checkpoint can be marked.
+    Weights are checked after every optimizer step (one fused norm over all
+    trainable parameters), i.e. before that step's checkpoint could be saved, so the
+    newest complete checkpoint is always a good one.
     """
 
     def __init__(self, phase: str = "train") -> None:
         self.phase = phase
 
+    def _fail(self, what: str, step: int, args) -> None:
+        last = last_complete_checkpoint(args.output_dir)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+        raise NonFiniteError(f"{what} at step {step} in phase '{self.phase}'; {kept}; the run is not marked finished")
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            return
+        params = [p.detach() for p in model.parameters() if p.requires_grad]
+        if params and not bool(torch.stack(torch._foreach_norm(params)).isfinite().all()):
+            self._fail("non-finite weights", state.global_step, args)
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            raise NonFiniteError(f"non-finite training loss {loss} at step {state.global_step} in phase '{self.phase}'")
+            self._fail(f"non-finite training loss {loss}", state.global_step, args)
+
+
+class CheckpointMarker(TrainerCallback):
+    """Marks a checkpoint complete once every callback has written into it.
+
+    Add it *last*: a checkpoint cut short by a kill has no marker and is never
+    resumed from.
+    """
+
+    def __init__(self, phase: str = "train") -> None:
+        self.phase = phase
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
