@@ -1,4 +1,4 @@
-"""``nxmlab`` command line: ``train``, ``table``.
+"""``nxmlab`` command line: ``train``, ``table``, ``reproduce``, ``verify``.
 
 Bad input exits with status 2 and one line on stderr (a traceback only with ``--debug``).
 """
@@ -63,7 +63,35 @@ def _table(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "table": _table}
+def _reproduce(argv: list[str]) -> int:
+    from .reproduce import main as reproduce_main
+
+    try:
+        return reproduce_main(argv)
+    except RuntimeError as exc:  # a notebook failed: its executed copy says where
+        print(f"nxmlab: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+
+
+def _verify(argv: list[str]) -> int:
+    from .verify import verify_results
+
+    parser = argparse.ArgumentParser(prog="nxmlab verify", description="Check every finished run of a results store.")
+    parser.add_argument("results_dir")
+    ns = parser.parse_args(argv)
+    checks = verify_results(ns.results_dir)
+    bad = [c for c in checks if c.finished and c.problems]
+    for check in checks:
+        status = "unfinished" if not check.finished else ("ok" if check.ok else "FAIL")
+        print(f"{status:10} {check.run}")
+        for problem in check.problems:
+            print(f"{'':10}   - {problem}")
+    finished = sum(c.finished for c in checks)
+    print(f"{finished} finished run(s), {len(bad)} with problems, {len(checks) - finished} unfinished")
+    return 1 if bad else 0
+
+
+COMMANDS = {"train": _train, "table": _table, "reproduce": _reproduce, "verify": _verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,21 +100,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: nxmlab {train,table} ... [--debug]\n"
-              "  train   train one method on one GLUE task (nxmlab train --help)\n"
-              "  table   print the GLUE table of a results folder", file=sys.stderr if argv else sys.stdout)
+        print("usage: nxmlab {train,table,reproduce,verify} ... [--debug]\n"
+              "  train      train one method on one GLUE task (nxmlab train --help)\n"
+              "  table      print the GLUE table of a results folder\n"
+              "  reproduce  run the study notebooks of a preset (nxmlab reproduce --preset smoke|quick|cpu|paper)\n"
+              "  verify     check the integrity of a results folder",
+              file=sys.stderr if argv else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):
             print(f"nxmlab: error: unknown command {argv[0]!r}", file=sys.stderr)
             return EXIT_USAGE
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    from .trainer import NonFiniteError
+
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (UsageError, ValueError, FileNotFoundError, ImportError) as exc:
+    except NonFiniteError as exc:  # a numerical fault, not bad input: exit 1
         if debug:
             raise
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"nxmlab: error: {exc}", file=sys.stderr)
+        return 1
+    except (UsageError, ValueError, OSError, ImportError) as exc:
+        if debug:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"nxmlab: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 

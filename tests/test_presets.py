@@ -1,0 +1,180 @@
+"""Study presets, their run lists, and `nxmlab reproduce` argument handling and --dry-run."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nxmlab.cli import main
+from nxmlab.presets import PRESETS, Preset, get_preset, parse_label, preset_runs, resolve_preset
+from nxmlab.recipes import NxMTrainingArguments, RunConfig, run_dir_for
+from nxmlab.report import method_label
+from nxmlab.reproduce import NOTEBOOKS, notebook_dir, plan
+from nxmlab.store import atomic_write_json
+
+# (table runs, rho-sweep runs, all runs deduplicated)
+EXPECTED = {"smoke": (12, 3, 14), "quick": (12, 3, 14), "cpu": (90, 42, 126), "paper": (40, 6, 44)}
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_builds_valid_runs(name):
+    preset = get_preset(name)
+    table, rho, everything = (preset_runs(preset, s) for s in ("table", "rho", "all"))
+    assert (len(table), len(rho), len(everything)) == EXPECTED[name]
+    for cfg, args in everything:
+        cfg.validate()
+        assert cfg.model == preset.model and cfg.pattern == preset.pattern
+        assert args.num_train_epochs == preset.epochs and args.learning_rate == preset.learning_rate
+        assert args.per_device_train_batch_size == preset.batch_size and args.seed in preset.seeds
+    labels = {method_label(c.method, c.kd) for c, _ in table}
+    assert labels == set(preset.methods) | {"dense"}
+    # the default-rho run of the sweep is the table's admm run
+    table_dirs = {run_dir_for(c, a) for c, a in table}
+    shared = [run_dir_for(c, a) for c, a in rho if c.rho == preset.rho]
+    assert shared and all(d in table_dirs for d in shared) == ("admm" in preset.methods)
+    assert len({run_dir_for(c, a) for c, a in everything}) == len(everything)
+    assert preset.description
+
+
+def test_dense_runs_come_first_and_are_the_teachers_run_experiment_would_use():
+    runs = preset_runs("smoke", "table")
+    seen_dense = set()
+    for cfg, args in runs:
+        if cfg.method == "dense":
+            seen_dense.add(cfg.task)
+            continue
+        assert cfg.task in seen_dense
+        # what run_experiment does to find the teacher / ASP start
+        dense_cfg = dataclasses.replace(cfg, method="dense", kd=False)
+        dense_args = copy.deepcopy(args)
+        dense_args.num_train_epochs = cfg.dense_epochs or args.num_train_epochs
+        assert run_dir_for(dense_cfg, dense_args) in {run_dir_for(c, a) for c, a in runs if c.method == "dense"}
+
+
+def test_dense_is_added_when_a_method_needs_it():
+    preset = get_preset("quick").replace(methods=["magnitude"])
+    labels = [method_label(c.method, c.kd) for c, _ in preset_runs(preset, "table")]
+    assert labels[:2] == ["dense", "magnitude"]
+    dynamics = preset_runs(get_preset("quick").replace(methods=["admm"]), "dynamics")
+    assert {c.method for c, _ in dynamics} == {"admm"}
+
+
+def test_cpu_preset_shares_runs_with_plain_nxmlab_train():
+    """`nxmlab train --task rte --method M --model minilm-l6` (3 epochs, 2 retrain) = the cpu preset's runs."""
+    cpu = {run_dir_for(c, a) for c, a in preset_runs("cpu", "table")}
+    for method in ("dense", "magnitude", "admm"):
+        cfg = RunConfig(task="rte", method=method, model="minilm-l6", retrain_epochs=2.0)
+        assert run_dir_for(cfg, NxMTrainingArguments(num_train_epochs=3.0)) in cpu, method
+
+
+def test_unknown_preset_and_bad_overrides():
+    with pytest.raises(ValueError, match=r"unknown preset 'nope'; choose one of: smoke, quick, cpu, paper"):
+        get_preset("nope")
+    with pytest.raises(ValueError, match="unknown preset field"):
+        resolve_preset("smoke", colour="red")
+    with pytest.raises(ValueError, match="unknown GLUE task"):
+        resolve_preset("smoke", tasks=["glue"])
+    with pytest.raises(ValueError, match="unknown method label"):
+        resolve_preset("smoke", methods=["prune"])
+    with pytest.raises(ValueError, match="epochs"):
+        resolve_preset("smoke", epochs=0)
+    with pytest.raises(ValueError, match="unknown study"):
+        preset_runs("smoke", "everything")
+
+
+def test_overrides_lists_and_none():
+    smoke = get_preset("smoke")
+    assert resolve_preset("smoke", tasks=None, seeds=None) is smoke
+    p = resolve_preset("smoke", tasks=["stsb"], seeds=[1, 2], rho_grid=[0.1], methods="admm,dense")
+    assert p.tasks == ("stsb",) and p.seeds == (1, 2) and p.rho_grid == (0.1,) and p.labels == ("dense", "admm")
+    assert isinstance(p, Preset) and hash(p) and p.model == smoke.model
+    assert parse_label("admm+kd") == ("admm", True) and parse_label("dense") == ("dense", False)
+
+
+def test_every_notebook_exists():
+    for name in NOTEBOOKS:
+        assert (notebook_dir() / f"{name}.ipynb").is_file()
+
+
+# ------------------------------------------------------------------------------ CLI
+def test_reproduce_unknown_preset_exits_2_with_one_line(capsys):
+    assert main(["reproduce", "--preset", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["nxmlab: error: unknown preset 'nope'; choose one of: smoke, quick, cpu, paper"]
+
+
+def test_reproduce_unknown_preset_exit_status_of_the_command(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "nxmlab", "reproduce", "--preset", "nope"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "nxmlab: error: unknown preset 'nope'; choose one of: smoke, quick, cpu, paper"]
+
+
+def test_reproduce_unknown_notebook_exits_2(capsys, tmp_path):
+    assert main(["reproduce", "--preset", "smoke", "--notebooks", "glue_table,nope", "--dry-run",
+                 "--results-dir", str(tmp_path / "r")]) == 2
+    assert "unknown notebook(s) nope" in capsys.readouterr().err
+
+
+def test_usage_lists_reproduce(capsys):
+    assert main([]) == 0
+    assert "reproduce" in capsys.readouterr().out
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    assert main(["reproduce", "--preset", "smoke", "--dry-run", "--results-dir", str(results),
+                 "--figures-dir", str(figures)]) == 0
+    out = capsys.readouterr().out
+    assert "glue_table: 12 runs, 0 finished, 12 to train" in out
+    assert "rho_analysis: 3 runs, 0 finished, 2 to train, 1 trained by an earlier notebook" in out
+    assert "total: 14 run(s) to train" in out
+    assert list(tmp_path.iterdir()) == []  # no results, figures or runs/notebooks
+
+
+def test_plan_counts_finished_runs(tmp_path):
+    cfg, args = preset_runs("smoke", "table", str(tmp_path))[0]
+    run_dir = run_dir_for(cfg, args)
+    atomic_write_json(run_dir / "metrics.json", {"status": "finished"})
+    steps = {s["notebook"]: s for s in plan("smoke", tmp_path)}
+    assert steps["glue_table"]["finished"] == 1 and steps["glue_table"]["new"] == 11
+    assert steps["mask_distance"]["finished"] == 1 and steps["mask_distance"]["new"] == 0
+    only = plan("smoke", tmp_path, notebooks="mask_distance")
+    assert [s["notebook"] for s in only] == ["mask_distance"] and only[0]["new"] == 13
+    assert Path(run_dir).parent.parent == tmp_path
+
+
+def test_venv_kernel_runs_this_interpreter_and_restores_the_environment(monkeypatch):
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    from nxmlab.reproduce import venv_kernel
+
+    monkeypatch.setenv("JUPYTER_PATH", "/somewhere")
+    with venv_kernel() as name:
+        assert KernelSpecManager().get_kernel_spec(name).argv[0] == sys.executable
+    assert os.environ["JUPYTER_PATH"] == "/somewhere"
+    monkeypatch.delenv("JUPYTER_PATH")
+    with venv_kernel():
+        pass
+    assert "JUPYTER_PATH" not in os.environ
+
+
+def test_notebooks_declare_the_same_papermill_parameters(caplog):
+    import papermill as pm
+
+    expected = ["preset", "results_dir", "figures_dir", "glue_dir", "train", "tasks", "seeds", "methods", "model",
+                "pattern", "epochs", "retrain_epochs", "rho_grid", "rho_tasks"]
+    for name in NOTEBOOKS:
+        assert list(pm.inspect_notebook(str(notebook_dir() / f"{name}.ipynb"))) == expected, name
+    assert "Unable to parse" not in caplog.text
+    # every preset override a notebook accepts is a Preset field
+    fields = {f.name for f in dataclasses.fields(Preset)}
+    assert set(expected) - {"preset", "results_dir", "figures_dir", "glue_dir", "train"} <= fields
