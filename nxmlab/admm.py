@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .nxm import NxM, nxm_mask
+from .nxm import NxM, nxm_mask, nxm_mask_and_project
 from .targets import select_targets
 
 __all__ = ["ADMM", "ADMMDiagnostics", "validate_rho"]
@@ -193,8 +193,7 @@ class ADMM:
         for name, param in self.params.items():
             w = param.detach()
             v = w + self.U[name]
-            mask = nxm_mask(v, self.pattern, name)
-            z_new = v.masked_fill(~mask, 0)
+            mask, z_new = nxm_mask_and_project(v, self.pattern, name)
             dual = rho * float((z_new - self.Z[name]).float().norm())
             flips = int((mask != self.masks[name]).sum())
             # U + W - Z_new == V - Z_new: exactly the pruned part of V

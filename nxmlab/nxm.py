@@ -14,6 +14,7 @@ Everything here is vectorised over groups and rows (the only Python loop is over
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ import torch
 __all__ = [
     "NxM",
     "nxm_mask",
+    "nxm_mask_and_project",
     "project",
     "is_nxm",
     "compress",
@@ -123,6 +125,47 @@ def _groups(weight: torch.Tensor, pattern: NxM) -> torch.Tensor:
     return weight.reshape(-1, pattern.n)
 
 
+def _reference_mask(weight: torch.Tensor, pattern: NxM) -> torch.Tensor:
+    a = _groups(weight.detach().abs(), pattern)
+    # rank[i] = number of group members that beat member i: a larger magnitude, or an
+    # equal magnitude at a lower index.  Keep the members ranked below m.
+    rank = torch.zeros(a.shape, dtype=torch.uint8, device=a.device)
+    for j in range(pattern.n):
+        aj = a[:, j : j + 1]
+        rank[:, : j + 1] += aj > a[:, : j + 1]
+        rank[:, j + 1 :] += aj >= a[:, j + 1 :]
+    return (rank < pattern.m).reshape(weight.shape)
+
+
+def _use_kernels(weight: torch.Tensor) -> bool:
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        and os.environ.get("NXMLAB_KERNELS", "1") != "0"
+    )
+
+
+def nxm_mask_and_project(
+    weight: torch.Tensor, pattern: NxM | str, name: str = "weight"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(nxm_mask(weight), project(weight))`` in one pass.
+
+    On CPU this runs the fused kernel of :mod:`nxmlab.kernels` (compiled with
+    ``torch.compile`` for large weights, eager otherwise), which is bit-identical to
+    the reference implementation used on other devices; set ``NXMLAB_KERNELS=0`` to
+    force the reference.
+    """
+    pattern = NxM.parse(pattern)
+    if _use_kernels(weight):
+        from .kernels import fused_nxm_mask_and_project  # kernels imports this module
+
+        with torch.no_grad():
+            return fused_nxm_mask_and_project(weight.detach(), pattern.n, pattern.m, name)
+    pattern.check(weight, name)
+    mask = _reference_mask(weight, pattern)
+    return mask, weight.detach().masked_fill(~mask, 0)
+
+
 def nxm_mask(weight: torch.Tensor, pattern: NxM | str, name: str = "weight") -> torch.Tensor:
     """Boolean mask keeping the ``m`` largest ``|w|`` in every group of ``n``.
 
@@ -137,17 +180,7 @@ def nxm_mask(weight: torch.Tensor, pattern: NxM | str, name: str = "weight") -> 
     Returns:
         A bool tensor with the shape and device of ``weight``.
     """
-    pattern = NxM.parse(pattern)
-    pattern.check(weight, name)
-    a = _groups(weight.detach().abs(), pattern)
-    # rank[i] = number of group members that beat member i: a larger magnitude, or an
-    # equal magnitude at a lower index.  Keep the members ranked below m.
-    rank = torch.zeros(a.shape, dtype=torch.uint8, device=a.device)
-    for j in range(pattern.n):
-        aj = a[:, j : j + 1]
-        rank[:, : j + 1] += aj > a[:, : j + 1]
-        rank[:, j + 1 :] += aj >= a[:, j + 1 :]
-    return (rank < pattern.m).reshape(weight.shape)
+    return nxm_mask_and_project(weight, pattern, name)[0]
 
 
 def project(weight: torch.Tensor, pattern: NxM | str, name: str = "weight") -> torch.Tensor:
@@ -156,8 +189,7 @@ def project(weight: torch.Tensor, pattern: NxM | str, name: str = "weight") -> t
     Keeping the ``m`` largest magnitudes of each group and zeroing the rest minimises
     ``||weight - Z||_F`` over all ``Z`` with at most ``m`` non-zeros per group.
     """
-    mask = nxm_mask(weight, pattern, name)
-    return weight.detach().masked_fill(~mask, 0)
+    return nxm_mask_and_project(weight, pattern, name)[1]
 
 
 def is_nxm(weight: torch.Tensor, pattern: NxM | str) -> bool:

@@ -1,0 +1,348 @@
+"""Fast NxM mask + projection kernels, bit-identical to :func:`nxmlab.nxm.nxm_mask` / ``project``.
+
+:func:`fused_nxm_mask_and_project` returns ``(mask, projected)`` for one weight in a
+single compiled pass (``torch.compile``, Inductor's C++ backend on CPU). The results
+are bit-identical to ``nxm_mask(w, "n:m")`` and ``w.masked_fill(~mask, 0)``: the same
+tie rule (among equal ``|w|`` the lower index in the group wins), the same ``+0.0`` at
+pruned positions (a kept ``-0.0`` stays ``-0.0``), and the same ``ValueError`` for a
+bad shape or a NaN/Inf weight. ``tests/test_kernels.py`` checks this.
+
+How the compiled kernel is written, and why (measured in ``bench/projection.py``):
+
+* **One loop over groups.** The weight is viewed as ``[G, n]`` and every position's
+  keep bit is a pointwise function of the ``n`` magnitudes of its group: pairwise
+  comparisons ``|w_i| >= |w_j|`` (``i < j``: the lower index wins ties) and, per
+  position, a count of the members that beat it (4:2 uses the equivalent majority
+  form; m = 1 an AND). Everything stays in registers; no ``[G, n]`` temporaries.
+* **Packed, contiguous stores.** The ``n`` keep bytes of a group form one integer
+  (``bool[G, 4]`` is bit-for-bit ``int32[G]``), and the projected group is written as
+  64-bit chunks: the weight's bits ANDed with an all-ones / all-zeros mask per
+  element. Integer AND gives exactly ``+0.0`` where pruned and keeps every kept bit,
+  with no float ops (Inductor compiles with ``-ffast-math``-style flags).
+* **Vectorisation switched on.** Inductor's tiling heuristic refuses to vectorise a
+  loop whose loads are strided (stride n), and it compiles with
+  ``-fno-tree-loop-vectorize``, so by default the loop runs scalar (~3x slower).
+  The kernels are compiled with ``cpp.enable_tiling_heuristics=False``, which makes
+  Inductor emit AVX2/AVX-512 code with strided loads.
+* **Shapes.** Compiled with ``dynamic=False`` and the group count marked dynamic,
+  so ``n`` (and the strides) stay static: one compilation per ``(n, m, dtype)``,
+  reused for every layer shape. A symbolic ``n`` puts a division in the loop bound
+  and blocks vectorisation.
+
+If compilation fails (no C++ compiler, an unsupported platform), the fused function
+falls back, with a one-time warning, to :func:`eager_nxm_mask_and_project`, an eager
+formulation that is still several times faster than ``nxm_mask``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import types
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from .nxm import NxM
+
+__all__ = [
+    "COMPILE_MIN_NUMEL",
+    "compiled_available",
+    "compiled_nxm_mask_and_project",
+    "eager_nxm_mask_and_project",
+    "fused_nxm_mask_and_project",
+    "reset_compiled",
+]
+
+#: Below this many elements :func:`fused_nxm_mask_and_project` uses the eager path
+#: (a compiled call costs ~20-50 us of guard and launch overhead).
+COMPILE_MIN_NUMEL = 1 << 15
+
+_COMPILE_OPTIONS = {"cpp.enable_tiling_heuristics": False}
+_FLOAT_BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
+               torch.float64: torch.int64}
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _signed(value: int, bits: int) -> int:
+    """``value`` as the two's-complement signed integer of ``bits`` bits."""
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if value >= 1 << (bits - 1) else value
+
+
+def _pow2(x: int) -> bool:
+    return x > 0 and x & (x - 1) == 0
+
+
+# ----------------------------------------------------------------------------- keep bits
+def _keep_bits(cols: list[torch.Tensor], m: int) -> list[torch.Tensor]:
+    """Keep flags of the n group members (each a ``[G]`` bool), ties to the lower index.
+
+    ``cols[i]`` is ``|w_i|``. Member i *outranks* member j when ``|w_i| > |w_j|``, or
+    when they are equal and ``i < j``; for ``i < j`` that is ``|w_i| >= |w_j|``. A
+    member is kept when fewer than m members outrank it (as in ``nxm_mask``).
+    """
+    n = len(cols)
+    ge = {(i, j): cols[i] >= cols[j] for i in range(n) for j in range(i + 1, n)}
+    inverted: dict[tuple[int, int], torch.Tensor] = {}
+
+    def wins(i: int, j: int) -> torch.Tensor:  # does member i outrank member j?
+        if i < j:
+            return ge[(i, j)]
+        if (j, i) not in inverted:
+            inverted[(j, i)] = ~ge[(j, i)]
+        return inverted[(j, i)]
+
+    keep = []
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        if m == 1:  # kept iff it outranks every other member
+            k = wins(i, others[0])
+            for j in others[1:]:
+                k = k & wins(i, j)
+        elif n == 4 and m == 2:  # kept iff it outranks at least two of the other three
+            x, y, z = (wins(i, j) for j in others)
+            k = (x & y) | (z & (x | y))
+        elif torch.compiler.is_compiling():  # rank = number of members that outrank it (in registers)
+            rank = None
+            for j in others:
+                b = wins(j, i).to(torch.int32)
+                rank = b if rank is None else rank + b
+            k = rank < m
+        else:  # eager: accumulate the rank in place, one uint8 op per member
+            rank = torch.zeros(cols[0].shape, dtype=torch.uint8, device=cols[0].device)
+            for j in others:
+                rank += wins(j, i)
+            k = rank < m
+        keep.append(k)
+    return keep
+
+
+def _pack(flags: list[torch.Tensor], dtype: torch.dtype, width: int) -> torch.Tensor:
+    """One integer per group whose little-endian bytes are the given 0/1 flags."""
+    out = None
+    for k, f in enumerate(flags):
+        term = f.to(dtype) if k == 0 else f.to(dtype) * _signed(1 << (8 * k), width)
+        out = term if out is None else out + term
+    return out
+
+
+def _group_kernel_template(g: torch.Tensor, chunks: torch.Tensor, n: int, m: int,
+                           elem_bytes: int, check: bool):
+    """Traced by torch.compile once per ``(n, m, dtype, check)``.
+
+    Args:
+        g: ``[G, n]`` float weight.
+        chunks: the same memory as ``[G, c]`` integers of ``chunk_bytes`` each.
+    Returns:
+        ``(packed mask [G, cm], projected chunks [G, c])``; with ``check`` a group
+        whose magnitudes do not sum to a finite number (NaN/Inf, or an overflow) has
+        a 2 added to its first mask byte.
+    """
+    cols = [g[:, i].abs() for i in range(n)]
+    keep = _keep_bits(cols, m)
+    # the mask: n bytes per group, as [G, cm] integers of up to 8 bytes
+    mask_bytes = min(n, 8)
+    mask_dtype = _INT_OF_SIZE[mask_bytes]
+    packed = [_pack(keep[c * mask_bytes:(c + 1) * mask_bytes], mask_dtype, 8 * mask_bytes)
+              for c in range(n // mask_bytes)]
+    if check:  # flag a group whose |w| sum is NaN/Inf with a 2 in its first mask byte
+        total = cols[0]
+        for col in cols[1:]:
+            total = total + col
+        packed[0] = packed[0] + (~torch.isfinite(total)).to(mask_dtype) * 2
+    # the projection: weight bits AND (all ones where kept)
+    chunk_bytes = min(n * elem_bytes, 8)
+    per_chunk = chunk_bytes // elem_bytes
+    chunk_dtype = chunks.dtype
+    ones = (1 << (8 * elem_bytes)) - 1
+    proj = []
+    for c in range(n // per_chunk):
+        sel = None
+        for k in range(per_chunk):
+            bits = _signed(ones << (8 * elem_bytes * k), 8 * chunk_bytes)
+            term = (-keep[c * per_chunk + k].to(chunk_dtype)) & bits
+            sel = term if sel is None else sel | term
+        proj.append(chunks[:, c] & sel)
+    packed_t = packed[0] if len(packed) == 1 else torch.stack(packed, 1)
+    proj_t = proj[0] if len(proj) == 1 else torch.stack(proj, 1)
+    return packed_t, proj_t
+
+
+_compiled: dict[tuple, Callable] = {}
+_lock = threading.Lock()
+_failed: list[BaseException] = []
+_warned = False
+
+
+def _kernel_for(n: int, m: int) -> Callable:
+    """A torch.compile'd kernel with its own code object for (n, m).
+
+    Dynamo caches compilations per code object, with a limit (8) on the variants it
+    keeps; one code object per pattern keeps the dtype/check variants of each
+    pattern well under it.
+    """
+    key = (n, m)
+    with _lock:
+        fn = _compiled.get(key)
+        if fn is None:
+            code = _group_kernel_template.__code__.replace(co_name=f"nxm_kernel_{n}_{m}")
+            raw = types.FunctionType(code, _group_kernel_template.__globals__, f"nxm_kernel_{n}_{m}")
+            fn = torch.compile(raw, dynamic=False, options=_COMPILE_OPTIONS)
+            _compiled[key] = fn
+    return fn
+
+
+def reset_compiled() -> None:
+    """Forget the compiled kernels and any recorded compile failure (tests)."""
+    global _warned
+    with _lock:
+        _compiled.clear()
+        _failed.clear()
+        _warned = False
+
+
+def compiled_available() -> bool:
+    """False once a compilation has failed in this process (the fused path then runs eagerly)."""
+    return not _failed
+
+
+def _validate(weight: torch.Tensor, n: int, m: int, name: str) -> NxM:
+    pattern = NxM(n, m)
+    if weight.dim() != 2:
+        pattern.check(weight, name)  # raises the same error as nxm_mask
+    if weight.shape[1] % n != 0:
+        pattern.check(weight, name)
+    return pattern
+
+
+def _all_finite(w: torch.Tensor) -> bool:
+    """``torch.isfinite(w).all()``, fast: a finite float32 sum proves it (Inf/NaN propagate).
+
+    ``isfinite(w).all()`` allocates a bool tensor and is ~10x slower than a sum; the
+    exact test runs only when the sum is not finite (a non-finite value, or overflow).
+    """
+    if not w.is_floating_point():
+        return True
+    total = w.sum(dtype=torch.float64 if w.dtype == torch.float64 else torch.float32)
+    return math.isfinite(float(total)) or bool(torch.isfinite(w).all())
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _raise_not_finite(weight: torch.Tensor, name: str) -> None:
+    raise ValueError(f"{name}: weight of shape {tuple(weight.shape)} holds NaN or Inf values")
+
+
+def _compilable(weight: torch.Tensor, n: int) -> bool:
+    return (weight.dtype in _FLOAT_BITS and _pow2(n) and weight.numel() > 0
+            and weight.numel() // n >= 2)
+
+
+def compiled_nxm_mask_and_project(weight: torch.Tensor, n: int, m: int, name: str = "weight",
+                                  check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The compiled kernel, with no fallback (raises if torch.compile fails).
+
+    Args:
+        weight: 2-D ``[out, in]`` float tensor (fp32/fp16/bf16/fp64), ``n | in``.
+        n, m: keep ``m`` of every ``n`` (``n`` a power of two).
+        name: layer name for error messages.
+        check: reject NaN/Inf like ``nxm_mask`` (fused into the kernel).
+    """
+    _validate(weight, n, m, name)
+    w = weight.detach()
+    if not _compilable(w, n):
+        raise ValueError(f"compiled kernel needs a float weight with >= 2 groups and n a power of two, "
+                         f"got dtype {w.dtype}, n={n}, numel={w.numel()}")
+    w = w.contiguous()
+    elem_bytes = w.element_size()
+    chunk_bytes = min(n * elem_bytes, 8)
+    g = w.view(-1, n)
+    chunks = w.view(_FLOAT_BITS[w.dtype]).view(_INT_OF_SIZE[chunk_bytes]).view(g.shape[0], -1)
+    torch._dynamo.maybe_mark_dynamic(g, 0)
+    torch._dynamo.maybe_mark_dynamic(chunks, 0)
+    packed, proj = _kernel_for(n, m)(g, chunks, n, m, elem_bytes, check)
+    # a flagged group holds NaN/Inf, or finite values whose sum overflows: decide exactly
+    if check and int(packed.view(torch.uint8).max()) > 1:
+        if not bool(torch.isfinite(w).all()):
+            raise _NotFinite(f"{name}: weight of shape {tuple(weight.shape)} holds NaN or Inf values")
+        return eager_nxm_mask_and_project(weight, n, m, name, check=False)
+    mask = packed.view(torch.bool).view(weight.shape)
+    projected = proj.view(_FLOAT_BITS[w.dtype]).view(w.dtype).view(weight.shape)
+    return mask, projected
+
+
+# ------------------------------------------------------------------------------- eager
+def eager_nxm_mask_and_project(weight: torch.Tensor, n: int, m: int, name: str = "weight",
+                               check: bool = True, block: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fastest eager formulation found (no compiler needed); bit-identical results.
+
+    The magnitudes are de-interleaved into ``[n, G]`` (one pass, contiguous rows), the
+    keep flags come from the same pairwise comparisons as the compiled kernel, on
+    blocks of ``block`` groups so that the temporaries stay in cache, and the
+    projection is an integer multiply of the weight's bits by the 0/1 mask (exact:
+    ``+0`` where pruned, every bit kept elsewhere).
+    """
+    pattern = _validate(weight, n, m, name)
+    w = weight.detach()
+    if check and not _all_finite(w):
+        _raise_not_finite(weight, name)
+    if w.dtype not in _FLOAT_BITS or w.numel() == 0:
+        from .nxm import _reference_mask  # integer weights etc.: the reference
+
+        mask = _reference_mask(w, pattern)
+        return mask, w.masked_fill(~mask, 0)
+    w = w.contiguous()
+    g = w.view(-1, n)
+    groups = g.shape[0]
+    mask = torch.empty((groups, n), dtype=torch.bool, device=w.device)
+    a = torch.empty((n, min(block, groups)), dtype=w.dtype, device=w.device)
+    for start in range(0, groups, block):
+        stop = min(start + block, groups)
+        at = a[:, : stop - start]
+        torch.abs(g[start:stop].t(), out=at)
+        keep = _keep_bits(list(at.unbind(0)), m)
+        torch.stack(keep, dim=1, out=mask[start:stop])
+    mask = mask.view(weight.shape)
+    bits = w.view(_FLOAT_BITS[w.dtype])
+    projected = torch.mul(bits, mask).view(w.dtype).view(weight.shape)
+    return mask, projected
+
+
+# ------------------------------------------------------------------------------- fused
+def fused_nxm_mask_and_project(weight: torch.Tensor, n: int, m: int, name: str = "weight",
+                               check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(nxm_mask(weight, "n:m"), project(weight, "n:m"))`` in one fast pass.
+
+    Bit-identical to the reference (tie rule, ``+0.0`` where pruned, errors). Uses the
+    compiled kernel for float weights with at least :data:`COMPILE_MIN_NUMEL` elements
+    and ``n`` a power of two; otherwise, or if compilation fails (warned once), the
+    eager formulation.
+
+    Args:
+        weight: 2-D ``[out, in]`` tensor; ``n`` must divide ``in``.
+        n: group size; m: weights kept per group (``1 <= m < n``).
+        name: layer name for error messages.
+        check: reject NaN/Inf (as ``nxm_mask`` does).
+
+    Returns:
+        ``(bool mask, projected weight)``, both shaped like ``weight``.
+    """
+    global _warned
+    _validate(weight, n, m, name)
+    if not _failed and weight.numel() >= COMPILE_MIN_NUMEL and _compilable(weight, n):
+        try:
+            return compiled_nxm_mask_and_project(weight, n, m, name, check)
+        except _NotFinite:
+            _raise_not_finite(weight, name)
+        except Exception as exc:  # compiler missing, backend error: fall back for the process
+            _failed.append(exc)
+            if not _warned:
+                _warned = True
+                warnings.warn(f"nxmlab.kernels: torch.compile failed ({type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}); "
+                              "using the eager NxM kernel from now on", RuntimeWarning, stacklevel=2)
+    return eager_nxm_mask_and_project(weight, n, m, name, check)

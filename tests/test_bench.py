@@ -1,0 +1,119 @@
+"""bench/: the --quick mode runs end to end and writes well-formed JSON (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.study_cost import GLUE_TRAIN_SIZES, project_preset_seconds
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MACHINE_KEYS = {"cpu_count", "platform", "torch", "torch_threads", "date_utc", "cpu_model", "python"}
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out), "--threads", "1"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "targets met" in proc.stdout
+    return out
+
+
+def _load(folder: Path, name: str) -> dict:
+    data = json.loads((folder / f"{name}.json").read_text())
+    assert data["name"] == name and data["mode"] == "quick" and data["config"]["quick"] is True
+    assert MACHINE_KEYS <= set(data["machine"]) and data["machine"]["torch_threads"] == 1
+    assert isinstance(data["notes"], list) and all(isinstance(n, str) for n in data["notes"])
+    for name_, t in data["targets"].items():
+        assert set(t) == {"target", "measured", "met"}, name_
+        assert isinstance(t["met"], bool)
+    return data
+
+
+def _is_ratio(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+@pytest.mark.slow
+def test_projection_json(quick_results):
+    data = _load(quick_results, "projection")
+    assert data["config"]["targets"] == 6 and data["config"]["patterns"] == ["4:2", "4:1", "8:2"]
+    for spec, res in data["results"].items():
+        assert set(res["ratio_vs_floor"]) == {"nxmlab", "kernel", "kernel_eager", "torch_ao_mask", "torch_ao",
+                                              "asp_mask", "asp"}
+        assert all(_is_ratio(r["median"]) for r in res["ratio_vs_floor"].values())
+        assert set(res["kernel_vs"]) == {"torch_ao_mask", "torch_ao", "asp_mask", "asp", "nxmlab"}
+        assert res["seconds"]["floor"]["n"] == data["config"]["rounds"]
+        assert res["mask_agreement_with_nxmlab"]["kernel"] == 1.0
+        assert 0.5 < res["mask_agreement_with_nxmlab"]["asp"] <= 1.0
+        assert f"{spec} kernel / floor" in data["targets"]
+
+
+@pytest.mark.slow
+def test_admm_overhead_json(quick_results):
+    data = _load(quick_results, "admm_overhead")
+    for key in ("penalty_end_to_end", "penalty_direct", "fixed_end_to_end", "fixed_direct", "update_amortised"):
+        assert math.isfinite(data["overhead_pct"][key])
+    assert data["seconds"]["plain"]["n"] == data["config"]["steps"]
+    mem = data["memory"]
+    assert mem["z_u_bytes"] == 2 * mem["target_weight_bytes"]
+    assert mem["plain_peak_rss_bytes"] is None or mem["plain_peak_rss_bytes"] > mem["z_u_bytes"]
+    assert len(data["targets"]) == 3
+
+
+@pytest.mark.slow
+def test_study_cost_json(quick_results):
+    data = _load(quick_results, "study_cost")
+    assert set(data["projections"]) == {"quick", "cpu", "paper"}
+    for p in data["projections"].values():
+        assert p["total_hours"] > 0 and p["remaining_hours"] <= p["total_hours"]
+    tables = data["seconds_per_step"]
+    assert set(tables["small"]["rte"]) >= {"dense", "admm", "fixed", "admm+kd", "fixed+kd"}
+    assert _is_ratio(data["scale"]["big_vs_small"]["median"])
+    assert all(row["source"] in ("store",) or row["source"].startswith("estimate")
+               for row in data["seconds_per_epoch"].values())
+
+
+def test_project_preset_seconds_by_hand():
+    from nxmlab.presets import get_preset, preset_runs
+
+    smoke = get_preset("smoke")  # rte + stsb, 1 epoch + 1 retrain, batch 8, train_limit 32, eval_limit 16
+    sps = {t: {"dense": 1.0, "admm": 2.0, "fixed": 3.0, "kd_extra": 10.0} for t in ("rte", "stsb")}
+    out = project_preset_seconds(smoke, sps, update_seconds=0.5)
+    assert len(out["runs"]) == len(preset_runs(smoke, "all")) == 14
+    runs = {(r["task"], r["label"], r["rho"]): r for r in out["runs"]}
+    evals_sparse = 3 * 16 * 1.0 / 8 / 3  # 3 passes x 16 examples at a third of a dense step per 8
+    assert runs[("rte", "dense", None)]["seconds"] == pytest.approx(4 * 1.0 + 16 / 8 / 3)
+    assert runs[("rte", "magnitude", None)]["seconds"] == pytest.approx(4 * 3.0 + evals_sparse)
+    assert runs[("rte", "magnitude+kd", None)]["seconds"] == pytest.approx(4 * 13.0 + evals_sparse)
+    assert runs[("rte", "admm", 1e-3)]["seconds"] == pytest.approx(4 * 2.0 + 0.5 + 4 * 3.0 + evals_sparse)
+    assert runs[("rte", "admm+kd", 1e-3)]["seconds"] == pytest.approx(4 * 12.0 + 0.5 + 4 * 13.0 + evals_sparse)
+    assert {r["rho"] for r in out["runs"] if r["label"] == "admm" and r["task"] == "rte"} == {1e-4, 1e-3, 1e-2}
+    assert out["total_seconds"] == pytest.approx(sum(r["seconds"] for r in out["runs"]))
+    done = project_preset_seconds(smoke, sps, finished=[("rte", "dense", 42, None)])
+    assert done["total_seconds"] - done["remaining_seconds"] == pytest.approx(runs[("rte", "dense", None)]["seconds"])
+    assert not out["missing"]
+    partial = project_preset_seconds(smoke, {"rte": sps["rte"]})
+    assert any(m.startswith("stsb") for m in partial["missing"])
+
+
+def test_project_preset_seconds_full_sizes():
+    out = project_preset_seconds("quick", {t: {k: 1.0 for k in ("dense", "admm", "fixed", "admm+kd", "fixed+kd")}
+                                           for t in ("rte", "mrpc", "stsb")})
+    rte_dense = next(r for r in out["runs"] if r["task"] == "rte" and r["label"] == "dense")
+    assert rte_dense["steps"] == 2 * math.ceil(GLUE_TRAIN_SIZES["rte"] / 32)  # quick: 2 epochs
+
+
+def test_cli_rejects_unknown_benchmark():
+    proc = subprocess.run([sys.executable, "-m", "bench", "--only", "nope"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and "unknown benchmark" in proc.stderr
