@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .presets import PRESETS, Preset, preset_runs, resolve_preset
+from .store import read_json
 
 __all__ = ["NOTEBOOKS", "NOTEBOOK_STUDIES", "notebook_dir", "plan", "format_plan", "venv_kernel",
            "execute_notebook", "reproduce", "main"]
@@ -94,8 +95,37 @@ def plan(preset: Preset | str, results_dir: str | os.PathLike[str] = "results", 
     return out
 
 
+#: Projected preset costs measured by ``make bench`` (bench/study_cost.py) in a source checkout.
+STUDY_COST_FILE = Path(__file__).resolve().parents[1] / "bench" / "results" / "study_cost.json"
+
+
+def projected_cost(preset_name: str, cost_file: str | os.PathLike[str] = STUDY_COST_FILE) -> list[str]:
+    """Lines with the projected wall time of a preset from ``make bench``'s study-cost JSON.
+
+    Empty when the file is absent (e.g. an installed, not checked-out, nxmlab).
+    """
+    data = read_json(cost_file) if Path(cost_file).is_file() else None
+    projection = (data or {}).get("projections", {}).get(preset_name)
+    if not projection:
+        return []
+    machine = data.get("machine", {})
+    when = str(machine.get("date_utc", "?"))[:10]
+    cpus, threads = machine.get("cpu_count", "?"), machine.get("torch_threads", "?")
+    lines = [f"projected wall time ({projection['basis']}; make bench on {when}, {cpus} CPU cores, "
+             f"{threads} torch thread(s); "
+             f"rerun make bench to refresh): {projection['total_hours']:.1f} h in all, "
+             f"{projection['remaining_hours']:.1f} h not yet in the store when measured"]
+    by_task = projection.get("by_task_hours") or {}
+    if by_task:
+        lines.append("    by task: " + ", ".join(f"{task} {hours:.1f} h" for task, hours in by_task.items()))
+    by_label = projection.get("by_label_hours") or {}
+    if by_label:
+        lines.append("    by method: " + ", ".join(f"{label} {hours:.1f} h" for label, hours in by_label.items()))
+    return lines
+
+
 def format_plan(preset: Preset, steps: list[dict[str, Any]], results_dir: str | os.PathLike[str]) -> str:
-    """Human-readable :func:`plan`."""
+    """Human-readable :func:`plan`, with the projected wall time where ``make bench`` measured it."""
     lines = [f"preset {preset.name}: {preset.description}", f"results: {results_dir}"]
     for step in steps:
         lines.append(f"{step['notebook']}: {step['runs']} runs, {step['finished']} finished, "
@@ -104,6 +134,7 @@ def format_plan(preset: Preset, steps: list[dict[str, Any]], results_dir: str | 
         lines += [f"    to run: {p}" for p in step["pending"]]
     total = sum(s["new"] for s in steps)
     lines.append(f"total: {total} run(s) to train" if total else "total: nothing to train, every run is finished")
+    lines += projected_cost(preset.name)
     return "\n".join(lines)
 
 

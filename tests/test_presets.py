@@ -178,3 +178,19 @@ def test_notebooks_declare_the_same_papermill_parameters(caplog):
     # every preset override a notebook accepts is a Preset field
     fields = {f.name for f in dataclasses.fields(Preset)}
     assert set(expected) - {"preset", "results_dir", "figures_dir", "glue_dir", "train"} <= fields
+
+
+def test_dry_run_projects_wall_time_from_the_bench_json(tmp_path):
+    import json
+
+    from nxmlab.reproduce import projected_cost
+
+    assert projected_cost("quick", tmp_path / "absent.json") == []
+    cost = {"machine": {"date_utc": "2026-01-02T00:00:00", "cpu_count": 2, "torch_threads": 1},
+            "projections": {"quick": {"basis": "measured", "total_hours": 2.5, "remaining_hours": 2.0,
+                                      "by_task_hours": {"rte": 1.0, "mrpc": 1.5}, "by_label_hours": {"admm": 2.5}}}}
+    (tmp_path / "cost.json").write_text(json.dumps(cost))
+    lines = projected_cost("quick", tmp_path / "cost.json")
+    assert "2.5 h in all, 2.0 h not yet in the store" in lines[0] and "2026-01-02" in lines[0]
+    assert lines[1] == "    by task: rte 1.0 h, mrpc 1.5 h"
+    assert projected_cost("cpu", tmp_path / "cost.json") == []
