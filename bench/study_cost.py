@@ -59,39 +59,14 @@ QUICK = {"model": "tiny", "batch": 4, "max_seq_length": 32, "sample_rows": 64, "
 def _runs_of(preset, studies: Iterable[str]) -> list[tuple[str, str, int, float | None]]:
     """``(task, label, seed, rho)`` of every run of the studies, deduplicated, in order.
 
-    Mirrors :func:`nxmlab.presets.preset_runs` (which builds full configs and hashes them).
+    ``rho`` is filled in for ADMM runs (the preset's default where the study gives none)
+    so that a run shared by two studies is counted once, as :func:`preset_runs` does.
     """
-    from nxmlab.presets import parse_label
+    from nxmlab.presets import study_keys
 
-    def needs_dense(label: str) -> bool:
-        method, kd = parse_label(label)
-        return kd or method in ("magnitude", "unstructured")
-
-    wanted = []
-    for study in studies:
-        if study == "table":
-            for task in preset.tasks:
-                for seed in preset.seeds:
-                    labels = list(preset.labels)
-                    if "dense" not in labels and any(needs_dense(lb) for lb in labels):
-                        labels.insert(0, "dense")
-                    wanted += [(task, lb, seed, None) for lb in labels]
-        elif study == "rho":
-            for task in preset.rho_tasks:
-                for seed in preset.seeds:
-                    wanted += [(task, "admm", seed, float(r)) for r in sorted(preset.rho_grid)]
-        elif study == "dynamics":
-            for task in preset.tasks:
-                for seed in preset.seeds:
-                    labels = [lb for lb in preset.labels if lb.startswith("admm")]
-                    if "admm+kd" in labels:
-                        labels.insert(0, "dense")
-                    wanted += [(task, lb, seed, None) for lb in labels]
-        else:
-            raise ValueError(f"unknown study {study!r}")
     out, seen = [], set()
-    for task, label, seed, rho in wanted:
-        key = (task, label, seed, (float(preset.rho) if rho is None else rho) if label.startswith("admm") else None)
+    for task, label, seed, rho in study_keys(preset, list(studies)):
+        key = (task, label, seed, (float(preset.rho) if rho is None else float(rho)) if label.startswith("admm") else None)
         if key not in seen:
             seen.add(key)
             out.append(key)

@@ -31,6 +31,7 @@ __all__ = [
     "METHOD_LABELS",
     "PRESETS",
     "STUDIES",
+    "study_keys",
     "Preset",
     "get_preset",
     "parse_label",
@@ -215,22 +216,13 @@ def _needs_dense(label: str) -> bool:
     return kd or method in ("magnitude", "unstructured")
 
 
-def preset_runs(preset: str | Preset, study: str | Sequence[str] = "table", results_dir: str = "results",
-                glue_dir: str | None = None) -> list[tuple[Any, Any]]:
-    """The runs of one study (or several, deduplicated), in training order.
+def study_keys(preset: str | Preset, study: str | Sequence[str] = "table") -> list[tuple[str, str, int, float | None]]:
+    """``(task, label, seed, rho)`` of every run one study (or several) needs, in training order.
 
-    Args:
-        preset: A :class:`Preset` or its name.
-        study: ``"table"``, ``"rho"``, ``"dynamics"``, a list of them, or ``"all"``.
-        results_dir: Results store root written into each ``RunConfig``.
-        glue_dir: GLUE mirror (``None``: ``$NXMLAB_GLUE_DIR``, else the Hub).
-
-    Returns:
-        ``[(RunConfig, NxMTrainingArguments), ...]``; a dense run comes before the sparse
-        runs that need it, and a run shared by two studies appears once.
+    ``rho`` is set for the rho sweep's runs and ``None`` elsewhere (the preset's default
+    rho); a dense run comes before the sparse runs that need it.  Duplicates are kept:
+    :func:`preset_runs` merges runs with identical configurations.
     """
-    from .recipes import run_dir_for
-
     preset = get_preset(preset)
     studies = STUDIES if study == "all" else ((study,) if isinstance(study, str) else tuple(study))
     for name in studies:
@@ -256,6 +248,27 @@ def preset_runs(preset: str | Preset, study: str | Sequence[str] = "table", resu
                     if "admm+kd" in labels:
                         labels.insert(0, "dense")
                     wanted += [(task, label, seed, None) for label in labels]
+    return wanted
+
+
+def preset_runs(preset: str | Preset, study: str | Sequence[str] = "table", results_dir: str = "results",
+                glue_dir: str | None = None) -> list[tuple[Any, Any]]:
+    """The runs of one study (or several, deduplicated), in training order.
+
+    Args:
+        preset: A :class:`Preset` or its name.
+        study: ``"table"``, ``"rho"``, ``"dynamics"``, a list of them, or ``"all"``.
+        results_dir: Results store root written into each ``RunConfig``.
+        glue_dir: GLUE mirror (``None``: ``$NXMLAB_GLUE_DIR``, else the Hub).
+
+    Returns:
+        ``[(RunConfig, NxMTrainingArguments), ...]``; a dense run comes before the sparse
+        runs that need it, and a run shared by two studies appears once.
+    """
+    from .recipes import run_dir_for
+
+    preset = get_preset(preset)
+    wanted = study_keys(preset, study)
     runs, seen = [], set()
     for task, label, seed, rho in wanted:
         cfg, args = make_run(preset, task, label, seed, results_dir, glue_dir, rho)
