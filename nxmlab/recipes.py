@@ -255,7 +255,6 @@ class _Run:
         self.task = get_task(cfg.task)
         self.pattern = NxM.parse(cfg.pattern)
         self.state = read_json(run_dir / "state.json", {"phases": {}, "eval": {}})
-        self.started = time.perf_counter()
 
     # --- data and models ------------------------------------------------------------
     def load_data(self, tokenizer) -> None:
@@ -383,7 +382,8 @@ class _Run:
         teacher = None
         if cfg.kd:
             teacher = self.teacher_model if self.teacher_model is not None else dense
-            self.check_teacher(teacher, pretrained, dense_dir)
+            folder = None if self.teacher_model is not None or dense_dir is None else dense_dir / "model"
+            self.check_teacher(teacher, pretrained, folder)
         mask_sets: dict[str, dict[str, torch.Tensor]] = {}
         if cfg.method != "dense":
             mask_sets["pretrained_magnitude"] = magnitude_nxm_masks(self.targets(pretrained), self.pattern)
@@ -422,6 +422,7 @@ class _Run:
             / self.args.gradient_accumulation_steps
         )
         interval = cfg.admm_interval or steps_per_epoch
+
         def target_weights() -> dict[str, torch.Tensor]:
             return {name: p.detach().clone().contiguous() for name, p in admm.params.items()}
 
@@ -440,6 +441,7 @@ class _Run:
         if "admm" not in self.state["phases"]:
             if not any(self.run_dir.glob("checkpoints/admm/checkpoint-*")):
                 dynamics.unlink(missing_ok=True)  # a fresh start: no stale records
+
         def on_end() -> None:  # the final ADMM state and W before the prune (large: not committed)
             torch.save({**admm.state_dict(), "W": target_weights()}, self.run_dir / ADMM_STATE_FILE)
 
@@ -485,16 +487,16 @@ class _Run:
             mask_sets["final"] = masks
         if mask_sets:
             save_masks(self.run_dir / "masks.npz", mask_sets)
-        # the final model: keep it (dense = the teacher), drop per-phase copies and checkpoints
+        # the final model, copied (the phase folders stay until metrics.json is written,
+        # so a kill anywhere in here leaves a run that resumes)
         phases = self.run_dir / "phases"
         last = list(self.state["phases"])[-1]
-        target = self.run_dir / "model"
-        if target.exists():
-            shutil.rmtree(target)
-        (phases / last).rename(target)
-        self.tokenizer.save_pretrained(target)
-        shutil.rmtree(phases, ignore_errors=True)
-        shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
+        target, tmp = self.run_dir / "model", self.run_dir / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(phases / last, tmp)
+        self.tokenizer.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
         metrics = {
             "status": "finished",
             "store_version": STORE_VERSION,
@@ -512,6 +514,8 @@ class _Run:
             "dense_run": str(dense_dir.relative_to(Path(cfg.results_dir))) if dense_dir is not None else None,
         }
         atomic_write_json(self.run_dir / "metrics.json", metrics)
+        shutil.rmtree(phases, ignore_errors=True)  # the dense model stays in model/ (the KD teacher)
+        shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         return metrics
 
 
