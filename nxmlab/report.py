@@ -26,7 +26,7 @@ def method_label(method: str, kd: bool) -> str:
 def load_results(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """One row per finished run under ``results_dir``.
 
-    Columns: ``run, task, method, kd, label, model, pattern, rho, seed, score`` (x100),
+    Columns: ``run, task, method, kd, label, model, pattern, rho, seed, epochs, score`` (x100),
     ``before_prune, after_prune`` (x100, where recorded), ``seconds`` and ``sparsity``.
     """
     rows = []
@@ -34,6 +34,7 @@ def load_results(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
         if not is_finished(run_dir):
             continue
         m = read_json(run_dir / "metrics.json")
+        config = read_json(run_dir / "config.json") or {}
         evals = m.get("eval", {})
 
         def score(key: str) -> float | None:
@@ -48,11 +49,12 @@ def load_results(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
             "run": str(Path(run_dir).relative_to(results_dir)),
             "task": m["task"], "method": m["method"], "kd": bool(m["kd"]), "label": method_label(m["method"], m["kd"]),
             "model": m["model"], "pattern": m.get("pattern"), "rho": m.get("rho"), "seed": m["seed"],
+            "epochs": config.get("training", {}).get("num_train_epochs"),
             "score": 100 * m["score"], "before_prune": score("before_prune"), "after_prune": score("after_prune"),
             "seconds": m.get("seconds"), "sparsity": m.get("sparsity", {}).get("mean"),
         })
     return pd.DataFrame(rows, columns=["run", "task", "method", "kd", "label", "model", "pattern", "rho", "seed",
-                                       "score", "before_prune", "after_prune", "seconds", "sparsity"])
+                                       "epochs", "score", "before_prune", "after_prune", "seconds", "sparsity"])
 
 
 def _cell(values: pd.Series) -> str:
@@ -77,6 +79,8 @@ def glue_table(results: pd.DataFrame, tasks: list[str] | None = None) -> pd.Data
     df = results[results["task"].isin(tasks)].copy()
     if df["rho"].nunique(dropna=True) > 1:  # a rho sweep: keep the rows apart
         df.loc[df["method"] == "admm", "label"] = df["label"] + " (rho=" + df["rho"].map("{:g}".format) + ")"
+    if "epochs" in df and df["epochs"].nunique(dropna=True) > 1:  # other settings are not more seeds
+        df["label"] = df["label"] + " [" + df["epochs"].map("{:g} ep".format) + "]"
     table = {}
     for label, group in df.groupby("label", sort=False):
         row = {task: _cell(group.loc[group["task"] == task, "score"]) for task in tasks}
@@ -85,7 +89,11 @@ def glue_table(results: pd.DataFrame, tasks: list[str] | None = None) -> pd.Data
         row["avg"] = _cell(complete.mean(axis=1)) if set(tasks) <= set(per_seed.columns) else "–"
         table[label] = row
     preferred = ["dense", "magnitude", "magnitude+kd", "admm", "admm+kd", "unstructured", "unstructured+kd"]
-    labels = sorted(table, key=lambda s: (preferred.index(s) if s in preferred else len(preferred), s))
+    def order(label: str) -> tuple[int, str]:
+        base = label.split(" (")[0].split(" [")[0]
+        return (preferred.index(base) if base in preferred else len(preferred), label)
+
+    labels = sorted(table, key=order)
     return pd.DataFrame.from_dict({k: table[k] for k in labels}, orient="index", columns=[*tasks, "avg"])
 
 
