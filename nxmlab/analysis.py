@@ -775,13 +775,34 @@ def first_run(results: pd.DataFrame, labels: Sequence[str] = ("admm", "admm+kd")
     return None
 
 
+MAGNITUDES_FILE = "magnitudes.parquet"
+
+
 def run_magnitudes(run_dir: str | os.PathLike[str], max_per_group: int = 20000) -> pd.DataFrame:
-    """:func:`magnitude_frame` of a run's :func:`weight_snapshots` against its final mask."""
-    path = Path(run_dir) / "masks.npz"
+    """:func:`magnitude_frame` of a run's :func:`weight_snapshots` against its final mask.
+
+    The middle and end-of-ADMM snapshots and the final model are large and not committed,
+    so the subsampled frame is cached in the run folder as ``magnitudes.parquet`` (a few
+    hundred kB) the first time all four snapshots are there; later calls, e.g. on a fresh
+    clone, read the cache instead of drawing a figure with stages missing.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "masks.npz"
     if not path.exists():
         return magnitude_frame({}, {})
+    cache = run_dir / MAGNITUDES_FILE
+    if cache.exists():
+        frame = pd.read_parquet(cache)
+        frame["abs_w"] = frame["abs_w"].astype(np.float32)
+        return frame
     masks = load_masks(path, "final").get("final", {})
-    return magnitude_frame(weight_snapshots(run_dir), masks, max_per_group)
+    snapshots = weight_snapshots(run_dir)
+    frame = magnitude_frame(snapshots, masks, max_per_group)
+    if set(snapshots) == set(SNAPSHOT_LABELS):
+        tmp = cache.with_name(f".{cache.name}.tmp")
+        frame.astype({"abs_w": np.float16}).to_parquet(tmp, index=False)
+        os.replace(tmp, cache)
+    return frame
 
 
 def plot_magnitudes(frame: pd.DataFrame, title: str = ""):

@@ -251,6 +251,25 @@ def test_magnitude_frame_splits_by_final_mask_and_skips_zeroed_pruned():
     assert set(final["position"]) == {"kept"}
 
 
+def test_run_magnitudes_caches_complete_snapshots_for_a_fresh_clone(tmp_path, monkeypatch):
+    run = _fake_run(tmp_path, "rte", "admm", {"final": {Q0: m(1, 0, 1, 0)}})
+    w = torch.tensor([4.0, -1.0, 3.0, 2.0])
+    full = {stage: {Q0: w * (i + 1)} for i, stage in enumerate(analysis.SNAPSHOT_LABELS)}
+    monkeypatch.setattr(analysis, "weight_snapshots", lambda run_dir: {"start": full["start"]})
+    partial = analysis.run_magnitudes(run)  # incomplete snapshots: drawn, but never cached
+    assert set(partial["stage"]) == {analysis.SNAPSHOT_LABELS["start"]}
+    assert not (run / analysis.MAGNITUDES_FILE).exists()
+    monkeypatch.setattr(analysis, "weight_snapshots", lambda run_dir: full)
+    first = analysis.run_magnitudes(run)
+    assert (run / analysis.MAGNITUDES_FILE).exists()
+    monkeypatch.setattr(analysis, "weight_snapshots", lambda run_dir: {"start": full["start"]})  # fresh clone
+    again = analysis.run_magnitudes(run)
+    assert set(again["stage"]) == set(analysis.SNAPSHOT_LABELS.values())
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), first.reset_index(drop=True), check_dtype=False,
+                                  check_categorical=False)
+    assert not list(run.glob(".*.tmp"))
+
+
 # ---------------------------------------------------------------------------------- plots
 def test_style_savefig_and_plots_on_empty_data(tmp_path):
     import matplotlib
