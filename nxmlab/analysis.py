@@ -376,10 +376,18 @@ def write_glue_table(results: pd.DataFrame, figures_dir: str | os.PathLike[str] 
 
 
 def plot_glue_bars(results: pd.DataFrame, tasks: Sequence[str] | None = None):
-    """Bar chart: score per task (and GLUE average), one bar per method; error bars = std over seeds."""
-    import seaborn as sns
+    """Left: score per task (and GLUE average), one bar per method, error bars = std over seeds.
+    Right (when a dense run exists): each sparse method's gap to dense, in points.
 
-    fig, axes = _subplots(width=max(6.0, 1.6 * (len(tasks or set(results["task"])) + 1)), height=4.0)
+    The gap panel is where the differences between methods are visible; on the absolute
+    axis they are a few percent of the bar height.
+    """
+    import seaborn as sns
+    from matplotlib.patches import Patch
+
+    n_groups = len(tasks or set(results["task"])) + 1 if not results.empty else 1
+    has_dense = not results.empty and "dense" in set(results["label"])
+    fig, axes = _subplots(ncols=2 if has_dense else 1, width=max(5.0, 1.4 * n_groups + 1.5), height=4.0)
     ax = axes[0, 0]
     if results.empty:
         _empty(ax, "no finished runs")
@@ -391,12 +399,36 @@ def plot_glue_bars(results: pd.DataFrame, tasks: Sequence[str] | None = None):
         avg = per_seed[tasks].dropna().mean(axis=1).rename("score").reset_index().assign(task="avg")
         df = pd.concat([df, avg], ignore_index=True)
     order = [t for t in [*tasks, "avg"] if t in set(df["task"])]
-    sns.barplot(data=df, x="task", y="score", hue="label", order=order, hue_order=_order(df["label"]),
-                errorbar=("sd") if df.groupby(["label", "task"]).size().max() > 1 else None, ax=ax)
+    labels = _order(df["label"])
+    palette = dict(zip(labels, sns.color_palette(n_colors=len(labels)), strict=True))
+    several = df.groupby(["label", "task"]).size().max() > 1
+    sns.barplot(data=df, x="task", y="score", hue="label", order=order, hue_order=labels, palette=palette,
+                errorbar=("sd") if several else None, ax=ax, legend=not has_dense)
     ax.set_xlabel("GLUE task (avg = mean over tasks)")
     ax.set_ylabel(SCORE_AXIS)
     ax.set_title("Final validation score per method")
-    ax.legend(title="method", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if not has_dense:
+        ax.legend(title="method", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        return fig
+    dense = df[df["label"] == "dense"].groupby(["task", "seed"])["score"].mean()
+    gaps = df[df["label"] != "dense"].join(dense.rename("dense"), on=["task", "seed"]).dropna(subset=["dense"])
+    gaps = gaps.assign(gap=gaps["score"] - gaps["dense"])
+    ax = axes[0, 1]
+    if gaps.empty:
+        _empty(ax, "no sparse run with a dense run of the same task and seed")
+        return fig
+    sparse = [label for label in labels if label != "dense"]
+    sns.barplot(data=gaps, x="task", y="gap", hue="label", order=[t for t in order if t in set(gaps["task"])],
+                hue_order=[label for label in sparse if label in set(gaps["label"])], palette=palette,
+                errorbar=("sd") if several else None, ax=ax)
+    ax.axhline(0.0, color="0.2", linewidth=1.0)
+    ax.set_xlabel("GLUE task (avg = mean over tasks)")
+    ax.set_ylabel("score − dense score (points)")
+    ax.set_title("Gap to dense (same task and seed)")
+    handles, names = ax.get_legend_handles_labels()
+    ax.get_legend().remove()
+    fig.legend([Patch(color=palette["dense"]), *handles], ["dense", *names], title="method",
+               loc="outside right upper")
     return fig
 
 
@@ -519,7 +551,7 @@ def plot_primal_trajectories(traj: pd.DataFrame):
         _integer_x(ax)
         ax.set_xlabel(STEP_AXIS)
         ax.set_ylabel("‖W − Z‖_F over all targets (weight units)")
-        ax.set_title(f"{task}: primal residual (sawtooth = Z/U updates)")
+        ax.set_title(f"{task}: primal residual (steps = Z/U updates)")
         handles, labels = ax.get_legend_handles_labels()
         ax.legend(handles, [f"{float(x):g}" for x in labels], title="ρ")
     return fig
@@ -642,7 +674,7 @@ def plot_layer_heatmap(dyn: pd.DataFrame, stat: str = "rel_dist"):
         last = data[data["step"] == data["step"].max()]
         grid = last.pivot_table(index="layer", columns="component", values=stat, aggfunc="mean")
         grid = grid.reindex(columns=[c for c in COMPONENTS if c in grid.columns]).sort_index()
-        sns.heatmap(grid, annot=True, fmt=".2f", cmap="rocket_r", ax=ax,
+        sns.heatmap(grid, annot=True, fmt=".3f", cmap="rocket_r", ax=ax,
                     cbar_kws={"label": "‖W − Proj(W)‖ / ‖W‖ (fraction)"})
         ax.set_title(f"{task} {label}: end of ADMM (step {int(last['step'].max())})")
         ax.tick_params(axis="x", labelrotation=45)
@@ -1032,7 +1064,7 @@ def plot_layer_distances(frame: pd.DataFrame, pattern: str | NxM | None = None):
         grid = frame[frame["pair"] == pair].pivot_table(index="layer", columns="component", values="distance",
                                                          aggfunc="mean")
         grid = grid.reindex(columns=[c for c in COMPONENTS if c in grid.columns]).sort_index()
-        sns.heatmap(grid, annot=True, fmt=".2f", vmin=0.0, vmax=_dist_max(frame["distance"], pattern), cmap="mako_r",
+        sns.heatmap(grid, annot=True, fmt=".3f", vmin=0.0, vmax=_dist_max(frame["distance"], pattern), cmap="mako_r",
                     ax=ax, cbar_kws={"label": "fraction of kept positions that differ"})
         ax.set_title(pair.replace(" vs ", "\nvs "))
         ax.tick_params(axis="x", labelrotation=45)
@@ -1053,7 +1085,7 @@ def plot_matrix(grid: pd.DataFrame, title: str, axis_label: str, pattern: str | 
     if grid.empty:
         _empty(ax, "not enough runs for a matrix")
         return fig
-    sns.heatmap(grid, annot=True, fmt=".2f", vmin=0.0, vmax=_dist_max(grid.to_numpy().ravel(), pattern),
+    sns.heatmap(grid, annot=True, fmt=".3f", vmin=0.0, vmax=_dist_max(grid.to_numpy().ravel(), pattern),
                 cmap="mako_r", square=True, ax=ax,
                 cbar_kws={"label": DIST_AXIS.replace("mask distance ", "").strip("()")})
     ax.set_xlabel(axis_label)
