@@ -7,8 +7,10 @@ With several seeds a cell reads ``mean ± std`` (sample std, ddof=1).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -27,7 +29,10 @@ def load_results(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """One row per finished run under ``results_dir``.
 
     Columns: ``run, task, method, kd, label, model, pattern, rho, seed, epochs, score`` (x100),
-    ``before_prune, after_prune`` (x100, where recorded), ``seconds`` and ``sparsity``.
+    ``before_prune, after_prune`` (x100, where recorded), ``seconds``, ``sparsity`` and
+    ``setting``: the run's config as JSON without its task, seed, method and rho, so that
+    runs that differ in anything else (epochs, learning rate, retraining, ...) are never
+    pooled as if they were seeds.
     """
     rows = []
     for run_dir in iter_runs(results_dir):
@@ -52,9 +57,57 @@ def load_results(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
             "epochs": config.get("training", {}).get("num_train_epochs"),
             "score": 100 * m["score"], "before_prune": score("before_prune"), "after_prune": score("after_prune"),
             "seconds": m.get("seconds"), "sparsity": m.get("sparsity", {}).get("mean"),
+            "setting": json.dumps(_setting(config), sort_keys=True),
         })
     return pd.DataFrame(rows, columns=["run", "task", "method", "kd", "label", "model", "pattern", "rho", "seed",
-                                       "epochs", "score", "before_prune", "after_prune", "seconds", "sparsity"])
+                                       "epochs", "score", "before_prune", "after_prune", "seconds", "sparsity",
+                                       "setting"])
+
+
+#: Config keys that identify a cell of the table rather than a setting of it.
+_NOT_SETTINGS = {"store_version", "task", "method", "kd", "rho", "training.seed", "training.data_seed"}
+
+
+def _setting(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The config flattened to ``a.b`` keys, without :data:`_NOT_SETTINGS`."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_setting(value, f"{name}."))
+        elif name not in _NOT_SETTINGS:
+            out[name] = value
+    return out
+
+
+def _describe(key: str, value: Any) -> str:
+    short = key.removeprefix("training.")
+    if short == "num_train_epochs" and isinstance(value, int | float):
+        return f"{value:g} ep"
+    if short == "retrain_epochs" and isinstance(value, int | float):
+        return f"+{value:g} retrain"
+    return f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}"
+
+
+def _setting_suffixes(df: pd.DataFrame) -> pd.Series:
+    """`` [key=value, ...]`` per row for the setting keys that differ inside some label, else ``""``."""
+    if "setting" in df:
+        settings = df["setting"].map(lambda s: json.loads(s) if isinstance(s, str) else {})
+    else:  # rows built by hand: epochs is the only setting known
+        settings = df["epochs"].map(lambda e: {} if pd.isna(e) else {"training.num_train_epochs": e})
+    differing: list[str] = []
+    for _, group in settings.groupby(df["label"], sort=False):
+        keys = sorted(set().union(*group.tolist())) if len(group) else []
+        for key in keys:
+            values = {json.dumps(s.get(key), sort_keys=True) for s in group}
+            if len(values) > 1 and key not in differing:
+                differing.append(key)
+    if not differing:
+        return pd.Series("", index=df.index)
+    first = ["training.num_train_epochs", "retrain_epochs"]
+    differing.sort(key=lambda k: (first.index(k) if k in first else len(first), k))
+    return settings.map(lambda s: " [" + ", ".join(_describe(k, s[k]) for k in differing if k in s) + "]"
+                        if any(k in s for k in differing) else "")
 
 
 def _cell(values: pd.Series) -> str:
@@ -79,8 +132,7 @@ def glue_table(results: pd.DataFrame, tasks: list[str] | None = None) -> pd.Data
     df = results[results["task"].isin(tasks)].copy()
     if df["rho"].nunique(dropna=True) > 1:  # a rho sweep: keep the rows apart
         df.loc[df["method"] == "admm", "label"] = df["label"] + " (rho=" + df["rho"].map("{:g}".format) + ")"
-    if "epochs" in df and df["epochs"].nunique(dropna=True) > 1:  # other settings are not more seeds
-        df["label"] = df["label"] + " [" + df["epochs"].map("{:g} ep".format) + "]"
+    df["label"] = df["label"] + _setting_suffixes(df)  # other settings are not more seeds
     table = {}
     for label, group in df.groupby("label", sort=False):
         row = {task: _cell(group.loc[group["task"] == task, "score"]) for task in tasks}

@@ -33,3 +33,27 @@ def test_other_settings_are_not_pooled_as_seeds():
     assert table.loc["admm (rho=0.001) [3 ep]", "rte"] == "57.0"
     assert table.loc["admm (rho=0.01) [3 ep]", "rte"] == "50.0"
     assert "| dense [2 ep] | 54.9 | 54.9 |" in to_markdown(table)
+
+
+def test_any_differing_config_key_splits_rows_not_only_epochs(tmp_path):
+    import json
+
+    from nxmlab.report import load_results
+
+    def run(name, seed, retrain, score):
+        folder = tmp_path / "rte" / name
+        folder.mkdir(parents=True)
+        config = {"task": "rte", "method": "admm", "kd": False, "rho": 1e-3, "model": "m", "retrain_epochs": retrain,
+                  "training": {"num_train_epochs": 2.0, "seed": seed, "learning_rate": 5e-5}}
+        metrics = {"status": "finished", "task": "rte", "method": "admm", "kd": False, "model": "m", "rho": 1e-3,
+                   "seed": seed, "score": score, "eval": {}}
+        (folder / "config.json").write_text(json.dumps(config))
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+
+    run("a", 1, 1.0, 0.50)
+    run("b", 2, 1.0, 0.54)
+    run("c", 1, 2.0, 0.60)
+    table = glue_table(load_results(tmp_path))
+    assert table.loc["admm [+1 retrain]", "rte"] == "52.0 ± 2.8"  # seeds pool
+    assert table.loc["admm [+2 retrain]", "rte"] == "60.0"  # a longer retraining does not
+    assert len(table) == 2
