@@ -622,91 +622,118 @@ def study_dynamics(results: pd.DataFrame, labels: Sequence[str] = ("admm", "admm
     return pd.concat(frames, ignore_index=True)
 
 
-def _facets(dyn: pd.DataFrame) -> list[tuple[str, str]]:
-    return [(t, lb) for t in _task_order(dyn["task"]) for lb in _order(dyn.loc[dyn["task"] == t, "label"])]
+def _facet_grid(dyn: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Tasks (one row each) and method labels (one column each) of a dynamics frame."""
+    if dyn.empty:
+        return [], []
+    return _task_order(dyn["task"]), _order(dyn["label"])
+
+
+def _legend_right(ax, title: str) -> None:
+    import seaborn as sns
+
+    if ax.get_legend() is not None:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.0, 1.0), title=title)
 
 
 def plot_rel_dist(dyn: pd.DataFrame):
-    """Relative distance to the NxM set vs step: per component (top row) and per layer (bottom row),
-    one column per (task, method); means over seeds and over the other grouping."""
+    """Relative distance to the NxM set vs step, per component and per layer (means over seeds
+    and over the other grouping); two rows per task, one column per method."""
     import seaborn as sns
 
-    facets = _facets(dyn) if not dyn.empty else []
-    fig, axes = _subplots(ncols=max(1, len(facets)), nrows=2, width=4.6, height=3.4, sharey="row")
+    tasks, labels = _facet_grid(dyn)
+    fig, axes = _subplots(ncols=max(1, len(labels)), nrows=2 * max(1, len(tasks)), width=4.6, height=3.2,
+                          sharey="row")
     if dyn.empty:
         _empty(axes[0, 0], "no ADMM dynamics recorded")
         _empty(axes[1, 0], "")
         return fig
-    for col, (task, label) in enumerate(facets):
-        data = dyn[(dyn["task"] == task) & (dyn["label"] == label)]
-        by_comp = data.groupby(["step", "component"], as_index=False)["rel_dist"].mean()
-        sns.lineplot(data=by_comp, x="step", y="rel_dist", hue="component",
-                     hue_order=[c for c in COMPONENTS if c in set(by_comp["component"])], ax=axes[0, col],
-                     legend=col == len(facets) - 1)
-        by_layer = data.groupby(["step", "layer"], as_index=False)["rel_dist"].mean()
-        sns.lineplot(data=by_layer, x="step", y="rel_dist", hue="layer", palette="crest", ax=axes[1, col],
-                     legend=col == len(facets) - 1)
-        axes[0, col].set_title(f"{task} {label}: per component")
-        axes[1, col].set_title(f"{task} {label}: per layer (0 = bottom)")
-        for row in (0, 1):
-            _integer_x(axes[row, col])
-            axes[row, col].set_xlabel(STEP_AXIS)
-            axes[row, col].set_ylabel("‖W − Proj(W)‖ / ‖W‖ (fraction)")
-    for row, title in ((0, "component"), (1, "layer")):
-        legend = axes[row, len(facets) - 1].get_legend()
-        if legend is not None:
-            sns.move_legend(axes[row, len(facets) - 1], "upper left", bbox_to_anchor=(1.0, 1.0), title=title)
+    for i, task in enumerate(tasks):
+        for col, label in enumerate(labels):
+            top, bottom = axes[2 * i, col], axes[2 * i + 1, col]
+            data = dyn[(dyn["task"] == task) & (dyn["label"] == label)]
+            if data.empty:
+                _empty(top, f"no {label} run on {task}")
+                _empty(bottom, "")
+                continue
+            last = col == len(labels) - 1
+            by_comp = data.groupby(["step", "component"], as_index=False)["rel_dist"].mean()
+            sns.lineplot(data=by_comp, x="step", y="rel_dist", hue="component",
+                         hue_order=[c for c in COMPONENTS if c in set(by_comp["component"])], ax=top, legend=last)
+            by_layer = data.groupby(["step", "layer"], as_index=False)["rel_dist"].mean()
+            sns.lineplot(data=by_layer, x="step", y="rel_dist", hue="layer", palette="crest", ax=bottom,
+                         legend=last)
+            top.set_title(f"{task} {label}: per component")
+            bottom.set_title(f"{task} {label}: per layer (0 = bottom)")
+            for ax in (top, bottom):
+                _integer_x(ax)
+                ax.set_xlabel(STEP_AXIS)
+                ax.set_ylabel("‖W − Proj(W)‖ / ‖W‖ (fraction)")
+            if last:
+                _legend_right(top, "component")
+                _legend_right(bottom, "layer")
     return fig
 
 
 def plot_layer_heatmap(dyn: pd.DataFrame, stat: str = "rel_dist"):
-    """Heatmap layer × component of ``stat`` at the last record of the ADMM phase (mean over runs)."""
+    """Heatmap layer × component of ``stat`` at the last record of the ADMM phase (mean over runs);
+    one row per task, one column per method."""
     import seaborn as sns
 
-    facets = _facets(dyn) if not dyn.empty else []
+    tasks, labels = _facet_grid(dyn)
     layers = dyn["layer"].nunique() if not dyn.empty else 1
-    fig, axes = _subplots(ncols=max(1, len(facets)), width=4.8, height=max(3.0, 0.45 * layers + 2.2))
+    fig, axes = _subplots(ncols=max(1, len(labels)), nrows=max(1, len(tasks)), width=4.8,
+                          height=max(3.0, 0.45 * layers + 2.2))
     if dyn.empty:
         _empty(axes[0, 0], "no ADMM dynamics recorded")
         return fig
-    for ax, (task, label) in zip(axes[0], facets, strict=True):
-        data = dyn[(dyn["task"] == task) & (dyn["label"] == label)]
-        last = data[data["step"] == data["step"].max()]
-        grid = last.pivot_table(index="layer", columns="component", values=stat, aggfunc="mean")
-        grid = grid.reindex(columns=[c for c in COMPONENTS if c in grid.columns]).sort_index()
-        sns.heatmap(grid, annot=True, fmt=".3f", cmap="rocket_r", ax=ax,
-                    cbar_kws={"label": "‖W − Proj(W)‖ / ‖W‖ (fraction)"})
-        ax.set_title(f"{task} {label}: end of ADMM (step {int(last['step'].max())})")
-        ax.tick_params(axis="x", labelrotation=45)
-        ax.set_xlabel("component")
-        ax.set_ylabel("layer (0 = bottom)")
+    for i, task in enumerate(tasks):
+        for col, label in enumerate(labels):
+            ax = axes[i, col]
+            data = dyn[(dyn["task"] == task) & (dyn["label"] == label)]
+            if data.empty:
+                _empty(ax, f"no {label} run on {task}")
+                continue
+            last = data[data["step"] == data["step"].max()]
+            grid = last.pivot_table(index="layer", columns="component", values=stat, aggfunc="mean")
+            grid = grid.reindex(columns=[c for c in COMPONENTS if c in grid.columns]).sort_index()
+            sns.heatmap(grid, annot=True, fmt=".3f", cmap="rocket_r", ax=ax,
+                        cbar_kws={"label": "‖W − Proj(W)‖ / ‖W‖ (fraction)"})
+            ax.set_title(f"{task} {label}: end of ADMM (step {int(last['step'].max())})")
+            ax.tick_params(axis="x", labelrotation=45)
+            ax.set_xlabel("component")
+            ax.set_ylabel("layer (0 = bottom)")
     return fig
 
 
 def plot_flips(dyn: pd.DataFrame):
-    """Mask flips per Z/U update (% of each component's weights), one panel per (task, method)."""
+    """Mask flips per Z/U update (% of each component's weights); one row per task, one column per method."""
     import seaborn as sns
 
     updates = dyn[dyn["event"] == "update"] if not dyn.empty else dyn
-    facets = _facets(updates) if not updates.empty else []
-    fig, axes = _subplots(ncols=max(1, len(facets)), width=4.6, sharey=True)
+    tasks, labels = _facet_grid(updates)
+    fig, axes = _subplots(ncols=max(1, len(labels)), nrows=max(1, len(tasks)), width=4.6, sharey=True)
     if updates.empty:
         _empty(axes[0, 0], "no Z/U updates recorded")
         return fig
-    for col, (ax, (task, label)) in enumerate(zip(axes[0], facets, strict=True)):
-        data = updates[(updates["task"] == task) & (updates["label"] == label)]
-        agg = data.groupby(["step", "component"], as_index=False)[["flips", "numel"]].sum()
-        agg["percent"] = 100 * agg["flips"] / agg["numel"]
-        sns.lineplot(data=agg, x="step", y="percent", hue="component", marker="o",
-                     hue_order=[c for c in COMPONENTS if c in set(agg["component"])], ax=ax,
-                     legend=col == len(facets) - 1)
-        _integer_x(ax)
-        ax.set_xlabel("optimizer step of the Z/U update")
-        ax.set_ylabel("mask flips (% of the component's weights)")
-        ax.set_title(f"{task} {label}: flips per update")
-    legend = axes[0, len(facets) - 1].get_legend()
-    if legend is not None:
-        sns.move_legend(axes[0, len(facets) - 1], "upper left", bbox_to_anchor=(1.0, 1.0), title="component")
+    for i, task in enumerate(tasks):
+        for col, label in enumerate(labels):
+            ax = axes[i, col]
+            data = updates[(updates["task"] == task) & (updates["label"] == label)]
+            if data.empty:
+                _empty(ax, f"no {label} run on {task}")
+                continue
+            agg = data.groupby(["step", "component"], as_index=False)[["flips", "numel"]].sum()
+            agg["percent"] = 100 * agg["flips"] / agg["numel"]
+            sns.lineplot(data=agg, x="step", y="percent", hue="component", marker="o",
+                         hue_order=[c for c in COMPONENTS if c in set(agg["component"])], ax=ax,
+                         legend=col == len(labels) - 1)
+            _integer_x(ax)
+            ax.set_xlabel("optimizer step of the Z/U update")
+            ax.set_ylabel("mask flips (% of the component's weights)")
+            ax.set_title(f"{task} {label}: flips per update")
+            if col == len(labels) - 1:
+                _legend_right(ax, "component")
     return fig
 
 

@@ -93,6 +93,8 @@ def _setting_suffixes(df: pd.DataFrame) -> pd.Series:
     """`` [key=value, ...]`` per row for the setting keys that differ inside some label, else ``""``."""
     if "setting" in df:
         settings = df["setting"].map(lambda s: json.loads(s) if isinstance(s, str) else {})
+    elif "epochs" not in df:  # rows built by hand with no setting at all
+        return pd.Series("", index=df.index)
     else:  # rows built by hand: epochs is the only setting known
         settings = df["epochs"].map(lambda e: {} if pd.isna(e) else {"training.num_train_epochs": e})
     differing: list[str] = []
