@@ -96,13 +96,20 @@ def set_style() -> None:
 
 
 def savefig(fig, name: str, figures_dir: str | os.PathLike[str] = "figures") -> list[Path]:
-    """Save ``fig`` as ``<figures_dir>/<name>.png`` and ``.pdf``; returns both paths."""
+    """Save ``fig`` as ``<figures_dir>/<name>.png`` and ``.pdf``; returns both paths.
+
+    Each file is written under a temporary name and renamed, and carries no creation date,
+    so redrawing a figure from the same results gives the same bytes (no spurious diffs
+    in a committed ``figures/``).
+    """
     folder = Path(figures_dir)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for ext in ("png", "pdf"):
+    for ext, metadata in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
         path = folder / f"{name}.{ext}"
-        fig.savefig(path)
+        tmp = folder / f".{name}.{ext}.tmp"
+        fig.savefig(tmp, format=ext, metadata=metadata)
+        os.replace(tmp, path)
         paths.append(path)
     return paths
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -295,6 +296,11 @@ def test_style_savefig_and_plots_on_empty_data(tmp_path):
     }
     paths = analysis.savefig(figs["bars"], "bars", tmp_path / "figs")
     assert [p.name for p in paths] == ["bars.png", "bars.pdf"] and all(p.stat().st_size > 0 for p in paths)
+    first = [p.read_bytes() for p in paths]
+    time.sleep(1.1)  # a PDF creation date would now differ
+    again = analysis.savefig(figs["bars"], "bars", tmp_path / "figs")
+    assert [p.read_bytes() for p in again] == first  # redrawn figures do not show up as changed
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["bars.pdf", "bars.png"]  # no temporaries
     plt.close("all")
 
 
