@@ -12,7 +12,7 @@ Studies (``preset_runs(..., study=...)``):
               ``rho`` (1e-3) is the same run as the table's ``admm`` one.
 ``dynamics``  the table's ADMM runs (``admm`` and ``admm+kd`` at the default rho).
 
-Presets: ``smoke`` (seconds, the tiny random model), ``quick`` (MiniLM-L6, about 1.5 h
+Presets: ``smoke`` (seconds, the tiny random model), ``quick`` (MiniLM-L6, about 1 h 40 min
 on 2 CPU cores), ``cpu`` (MiniLM-L6, five tasks, three seeds, many hours), ``paper``
 (BERT-base on the eight GLUE tasks, needs the Hub and GPUs).
 """
@@ -150,7 +150,7 @@ PRESETS: dict[str, Preset] = {
             epochs=2, retrain_epochs=1, learning_rate=5e-5, batch_size=32,
             rho_grid=(1e-4, 1e-3, 1e-2), rho_tasks=("rte",), save_steps=50, log_interval=10,
             description="MiniLM-L6 (offline) on the three small GLUE tasks, one seed, 2 epochs (+1 retrain for "
-                        "ADMM); about 1.5 h on 2 CPU cores.",
+                        "ADMM); about 1 h 40 min on 2 CPU cores.",
         ),
         Preset(
             name="cpu", model="minilm-l6", tasks=("cola", "sst2", "mrpc", "stsb", "rte"), seeds=(42, 43, 44),
