@@ -636,6 +636,19 @@ def _facet_grid(dyn: pd.DataFrame) -> tuple[list[str], list[str]]:
     return _task_order(dyn["task"]), _order(dyn["label"])
 
 
+def _each_facet(dyn: pd.DataFrame, tasks: Sequence[str], labels: Sequence[str], axes, rows_per_task: int = 1):
+    """Yield ``(row, col, task, label, data)`` for each (task, method) facet that has data;
+    facets without data get an "no ... run" note in their axes and are skipped."""
+    for i, task in enumerate(tasks):
+        for col, label in enumerate(labels):
+            data = dyn[(dyn["task"] == task) & (dyn["label"] == label)]
+            if data.empty:
+                for k in range(rows_per_task):
+                    _empty(axes[rows_per_task * i + k, col], f"no {label} run on {task}" if k == 0 else "")
+                continue
+            yield rows_per_task * i, col, task, label, data
+
+
 def _legend_right(ax, title: str) -> None:
     import seaborn as sns
 
@@ -655,30 +668,23 @@ def plot_rel_dist(dyn: pd.DataFrame):
         _empty(axes[0, 0], "no ADMM dynamics recorded")
         _empty(axes[1, 0], "")
         return fig
-    for i, task in enumerate(tasks):
-        for col, label in enumerate(labels):
-            top, bottom = axes[2 * i, col], axes[2 * i + 1, col]
-            data = dyn[(dyn["task"] == task) & (dyn["label"] == label)]
-            if data.empty:
-                _empty(top, f"no {label} run on {task}")
-                _empty(bottom, "")
-                continue
-            last = col == len(labels) - 1
-            by_comp = data.groupby(["step", "component"], as_index=False)["rel_dist"].mean()
-            sns.lineplot(data=by_comp, x="step", y="rel_dist", hue="component",
-                         hue_order=[c for c in COMPONENTS if c in set(by_comp["component"])], ax=top, legend=last)
-            by_layer = data.groupby(["step", "layer"], as_index=False)["rel_dist"].mean()
-            sns.lineplot(data=by_layer, x="step", y="rel_dist", hue="layer", palette="crest", ax=bottom,
-                         legend=last)
-            top.set_title(f"{task} {label}: per component")
-            bottom.set_title(f"{task} {label}: per layer (0 = bottom)")
-            for ax in (top, bottom):
-                _integer_x(ax)
-                ax.set_xlabel(STEP_AXIS)
-                ax.set_ylabel("‖W − Proj(W)‖ / ‖W‖ (fraction)")
-            if last:
-                _legend_right(top, "component")
-                _legend_right(bottom, "layer")
+    for row, col, task, label, data in _each_facet(dyn, tasks, labels, axes, rows_per_task=2):
+        top, bottom = axes[row, col], axes[row + 1, col]
+        last = col == len(labels) - 1
+        by_comp = data.groupby(["step", "component"], as_index=False)["rel_dist"].mean()
+        sns.lineplot(data=by_comp, x="step", y="rel_dist", hue="component",
+                     hue_order=[c for c in COMPONENTS if c in set(by_comp["component"])], ax=top, legend=last)
+        by_layer = data.groupby(["step", "layer"], as_index=False)["rel_dist"].mean()
+        sns.lineplot(data=by_layer, x="step", y="rel_dist", hue="layer", palette="crest", ax=bottom, legend=last)
+        top.set_title(f"{task} {label}: per component")
+        bottom.set_title(f"{task} {label}: per layer (0 = bottom)")
+        for ax in (top, bottom):
+            _integer_x(ax)
+            ax.set_xlabel(STEP_AXIS)
+            ax.set_ylabel("‖W − Proj(W)‖ / ‖W‖ (fraction)")
+        if last:
+            _legend_right(top, "component")
+            _legend_right(bottom, "layer")
     return fig
 
 
@@ -694,22 +700,17 @@ def plot_layer_heatmap(dyn: pd.DataFrame, stat: str = "rel_dist"):
     if dyn.empty:
         _empty(axes[0, 0], "no ADMM dynamics recorded")
         return fig
-    for i, task in enumerate(tasks):
-        for col, label in enumerate(labels):
-            ax = axes[i, col]
-            data = dyn[(dyn["task"] == task) & (dyn["label"] == label)]
-            if data.empty:
-                _empty(ax, f"no {label} run on {task}")
-                continue
-            last = data[data["step"] == data["step"].max()]
-            grid = last.pivot_table(index="layer", columns="component", values=stat, aggfunc="mean")
-            grid = grid.reindex(columns=[c for c in COMPONENTS if c in grid.columns]).sort_index()
-            sns.heatmap(grid, annot=True, fmt=".3f", cmap="rocket_r", ax=ax,
-                        cbar_kws={"label": "‖W − Proj(W)‖ / ‖W‖ (fraction)"})
-            ax.set_title(f"{task} {label}: end of ADMM (step {int(last['step'].max())})")
-            ax.tick_params(axis="x", labelrotation=45)
-            ax.set_xlabel("component")
-            ax.set_ylabel("layer (0 = bottom)")
+    for row, col, task, label, data in _each_facet(dyn, tasks, labels, axes):
+        ax = axes[row, col]
+        last = data[data["step"] == data["step"].max()]
+        grid = last.pivot_table(index="layer", columns="component", values=stat, aggfunc="mean")
+        grid = grid.reindex(columns=[c for c in COMPONENTS if c in grid.columns]).sort_index()
+        sns.heatmap(grid, annot=True, fmt=".3f", cmap="rocket_r", ax=ax,
+                    cbar_kws={"label": "‖W − Proj(W)‖ / ‖W‖ (fraction)"})
+        ax.set_title(f"{task} {label}: end of ADMM (step {int(last['step'].max())})")
+        ax.tick_params(axis="x", labelrotation=45)
+        ax.set_xlabel("component")
+        ax.set_ylabel("layer (0 = bottom)")
     return fig
 
 
@@ -723,24 +724,19 @@ def plot_flips(dyn: pd.DataFrame):
     if updates.empty:
         _empty(axes[0, 0], "no Z/U updates recorded")
         return fig
-    for i, task in enumerate(tasks):
-        for col, label in enumerate(labels):
-            ax = axes[i, col]
-            data = updates[(updates["task"] == task) & (updates["label"] == label)]
-            if data.empty:
-                _empty(ax, f"no {label} run on {task}")
-                continue
-            agg = data.groupby(["step", "component"], as_index=False)[["flips", "numel"]].sum()
-            agg["percent"] = 100 * agg["flips"] / agg["numel"]
-            sns.lineplot(data=agg, x="step", y="percent", hue="component", marker="o",
-                         hue_order=[c for c in COMPONENTS if c in set(agg["component"])], ax=ax,
-                         legend=col == len(labels) - 1)
-            _integer_x(ax)
-            ax.set_xlabel("optimizer step of the Z/U update")
-            ax.set_ylabel("mask flips (% of the component's weights)")
-            ax.set_title(f"{task} {label}: flips per update")
-            if col == len(labels) - 1:
-                _legend_right(ax, "component")
+    for row, col, task, label, data in _each_facet(updates, tasks, labels, axes):
+        ax = axes[row, col]
+        agg = data.groupby(["step", "component"], as_index=False)[["flips", "numel"]].sum()
+        agg["percent"] = 100 * agg["flips"] / agg["numel"]
+        sns.lineplot(data=agg, x="step", y="percent", hue="component", marker="o",
+                     hue_order=[c for c in COMPONENTS if c in set(agg["component"])], ax=ax,
+                     legend=col == len(labels) - 1)
+        _integer_x(ax)
+        ax.set_xlabel("optimizer step of the Z/U update")
+        ax.set_ylabel("mask flips (% of the component's weights)")
+        ax.set_title(f"{task} {label}: flips per update")
+        if col == len(labels) - 1:
+            _legend_right(ax, "component")
     return fig
 
 

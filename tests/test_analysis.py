@@ -316,3 +316,27 @@ def test_plots_label_their_axes(tmp_path, table_results):
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert labels == ["rte", "stsb", "avg"]
     plt.close("all")
+
+
+def test_dynamics_plots_grid_tasks_by_methods_and_mark_missing_facets():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for task, labels in (("rte", ("admm", "admm+kd")), ("mrpc", ("admm",))):  # no admm+kd on mrpc
+        for label in labels:
+            for step, event in ((0, "init"), (5, "update"), (10, "update")):
+                for component in ("query", "ffn1"):
+                    rows.append({"task": task, "label": label, "step": step, "event": event, "component": component,
+                                 "layer": 0, "rel_dist": 0.3 - step / 100, "flips": step, "numel": 100})
+    dyn = pd.DataFrame(rows)
+    for plot in (analysis.plot_rel_dist, analysis.plot_layer_heatmap, analysis.plot_flips):
+        fig = plot(dyn)
+        titles = [ax.get_title() for ax in fig.axes]
+        assert any(t.startswith("mrpc admm:") for t in titles) and any(t.startswith("rte admm+kd:") for t in titles)
+        assert not any(t.startswith("mrpc admm+kd") for t in titles)
+        notes = [text.get_text() for ax in fig.axes for text in ax.texts]
+        assert "no admm+kd run on mrpc" in notes
+        plt.close(fig)
