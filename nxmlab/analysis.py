@@ -122,6 +122,16 @@ def _subplots(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float 
     return fig, axes
 
 
+def _task_panels(frame: pd.DataFrame, width: float, empty_message: str):
+    """One panel per task of ``frame``: ``(fig, axes, tasks)``; an empty frame gets one panel
+    saying ``empty_message`` and no tasks."""
+    tasks = _task_order(frame["task"]) if not frame.empty else []
+    fig, axes = _subplots(ncols=max(1, len(tasks)), width=width)
+    if not tasks:
+        _empty(axes[0, 0], empty_message)
+    return fig, axes, tasks
+
+
 def _integer_x(ax) -> None:
     from matplotlib.ticker import MaxNLocator
 
@@ -519,10 +529,8 @@ def plot_prune_stages(rho_df: pd.DataFrame):
     """Score before the hard prune, right after it, and after retraining, vs rho; one panel per task."""
     import seaborn as sns
 
-    tasks = _task_order(rho_df["task"]) if not rho_df.empty else []
-    fig, axes = _subplots(ncols=max(1, len(tasks)), width=5.0)
-    if rho_df.empty:
-        _empty(axes[0, 0], "no ADMM runs")
+    fig, axes, tasks = _task_panels(rho_df, 5.0, "no ADMM runs")
+    if not tasks:
         return fig
     stages = {"before_prune": "end of ADMM (before prune)", "after_prune": "after hard prune",
               "final": "after retraining"}
@@ -543,10 +551,8 @@ def plot_primal_trajectories(traj: pd.DataFrame):
     """``||W − Z||_F`` (all targets) vs step, one line per rho (log y); one panel per task."""
     import seaborn as sns
 
-    tasks = _task_order(traj["task"]) if not traj.empty else []
-    fig, axes = _subplots(ncols=max(1, len(tasks)), width=5.5)
-    if traj.empty:
-        _empty(axes[0, 0], "no ADMM dynamics recorded")
+    fig, axes, tasks = _task_panels(traj, 5.5, "no ADMM dynamics recorded")
+    if not tasks:
         return fig
     palette = _rho_palette(traj["rho"])
     for ax, task in zip(axes[0], tasks, strict=True):

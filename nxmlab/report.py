@@ -99,8 +99,7 @@ def _setting_suffixes(df: pd.DataFrame) -> pd.Series:
         settings = df["epochs"].map(lambda e: {} if pd.isna(e) else {"training.num_train_epochs": e})
     differing: list[str] = []
     for _, group in settings.groupby(df["label"], sort=False):
-        keys = sorted(set().union(*group.tolist())) if len(group) else []
-        for key in keys:
+        for key in sorted(set().union(*group.tolist())):
             values = {json.dumps(s.get(key), sort_keys=True) for s in group}
             if len(values) > 1 and key not in differing:
                 differing.append(key)
