@@ -62,33 +62,48 @@ def _runs_of(preset, studies: Iterable[str]) -> list[tuple[str, str, int, float 
     ``rho`` is filled in for ADMM runs (the preset's default where the study gives none)
     so that a run shared by two studies is counted once, as :func:`preset_runs` does.
     """
-    from nxmlab.presets import study_keys
+    from nxmlab.study.presets import study_keys
 
     out, seen = [], set()
     for task, label, seed, rho in study_keys(preset, list(studies)):
-        key = (task, label, seed, (float(preset.rho) if rho is None else float(rho)) if label.startswith("admm") else None)
+        key = (task, label, seed, (float(preset.rho) if rho is None else float(rho)) if _has_rho(label) else None)
         if key not in seen:
             seen.add(key)
             out.append(key)
     return out
 
 
+def _has_rho(label: str) -> bool:
+    from nxmlab.study.methods import parse_label
+
+    return "rho" in parse_label(label)[0].options
+
+
 def _phases(label: str, epochs: float, retrain_epochs: float) -> list[tuple[str, str, float]]:
-    """``(phase, step kind, epochs)`` of one run of a method label."""
-    method, _, kd = label.partition("+")
-    suffix = "+kd" if kd else ""
-    if method == "dense":
-        return [("finetune", "dense", epochs)]
-    if method in ("magnitude", "unstructured"):
-        return [("finetune", "fixed" + suffix, epochs)]
-    if method == "admm":
-        return [("admm", "admm" + suffix, epochs), ("retrain", "fixed" + suffix, retrain_epochs)]
-    raise ValueError(f"unknown method label {label!r}")
+    """``(phase, step kind, epochs)`` of one run of a method label, from the method registry.
+
+    Kinds: ``dense`` (no mask), ``admm`` (a phase with hooks), ``fixed`` (after the prune),
+    each sparse kind with ``+kd`` when the label distils.
+    """
+    from nxmlab.study.methods import Prune, parse_label
+
+    method, kd = parse_label(label)
+    lengths = {"num_train_epochs": epochs, "retrain_epochs": retrain_epochs}
+    out, pruned = [], False
+    for step in method.steps:
+        if isinstance(step, Prune):
+            pruned = True
+            continue
+        kind = "admm" if step.hooks is not None else ("fixed" if pruned else "dense")
+        out.append((step.name, kind + ("+kd" if kd and kind != "dense" else ""), lengths[step.epochs]))
+    return out
 
 
 def _evaluations(label: str) -> int:
     """Validation passes of one run: dense 1 (final); sparse 3 (before/after prune, final)."""
-    return 1 if label == "dense" else 3
+    from nxmlab.study.methods import parse_label
+
+    return 3 if parse_label(label)[0].sparse else 1
 
 
 def step_seconds(table_: Mapping[str, float], kind: str) -> float | None:
@@ -111,7 +126,7 @@ def project_preset_seconds(preset, seconds_per_step: Mapping[str, Mapping[str, f
     """Projected wall time of every run a preset's notebooks train. Pure (no I/O).
 
     Args:
-        preset: A :class:`nxmlab.presets.Preset` or its name.
+        preset: A :class:`nxmlab.study.presets.Preset` or its name.
         seconds_per_step: ``{task: {kind: seconds}}`` with kinds ``dense``, ``admm``,
             ``fixed``, ``admm+kd``, ``fixed+kd`` (or ``kd_extra``, added to ``admm`` /
             ``fixed`` for the ``+kd`` kinds), measured at the preset's batch size.
@@ -131,7 +146,7 @@ def project_preset_seconds(preset, seconds_per_step: Mapping[str, Mapping[str, f
         "missing"}``; runs whose step times are missing count 0 and are listed in
         ``missing``.
     """
-    from nxmlab.presets import get_preset
+    from nxmlab.study.presets import get_preset
 
     preset = get_preset(preset)
     train_sizes = dict(GLUE_TRAIN_SIZES if train_sizes is None else train_sizes)
@@ -183,16 +198,19 @@ def project_preset_seconds(preset, seconds_per_step: Mapping[str, Mapping[str, f
 # ==================================================================== the results store
 def store_records(results_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every finished run's phases: model, task, label, seed, rho, phase, s/step, s/epoch."""
-    from nxmlab.store import is_finished, iter_runs, read_json
+    from nxmlab.study.store import iter_runs
 
     rows = []
-    for run_dir in iter_runs(results_dir):
-        if not is_finished(run_dir):
+    for folder in iter_runs(results_dir):
+        try:
+            m = folder.metrics()
+        except ValueError:  # unreadable: not a finished run
             continue
-        m = read_json(Path(run_dir) / "metrics.json")
+        if m is None:
+            continue
         label = m["method"] + ("+kd" if m.get("kd") else "")
         for phase, p in (m.get("phases") or {}).items():
-            rows.append({"run": Path(run_dir).name, "model": m.get("model"), "task": m["task"], "label": label,
+            rows.append({"run": folder.name, "model": m.get("model"), "task": m["task"], "label": label,
                          "seed": m.get("seed"), "rho": m.get("rho"), "phase": phase,
                          "seconds_per_step": p.get("seconds_per_step"), "seconds_per_epoch": p.get("seconds_per_epoch"),
                          "steps": p.get("steps")})
@@ -205,7 +223,7 @@ def _phases_kinds(label: str) -> list[tuple[str, str]]:
 
 # ========================================================================= measurement
 def _glue_dir(explicit: str | None) -> Path | None:
-    from nxmlab.glue import resolve_glue_dir
+    from nxmlab.study.data import resolve_glue_dir
 
     path = resolve_glue_dir(explicit)
     if path is None and (REPO_ROOT.parent / "shared" / "glue").is_dir():
@@ -217,7 +235,7 @@ def _task_batches(task: str, tokenizer, cfg: dict[str, Any], glue_dir: Path | No
     """``count`` real collated batches of typical padded length, and how they were chosen."""
     from transformers import DataCollatorWithPadding
 
-    from nxmlab.glue import get_task, load_glue, tokenize_glue
+    from nxmlab.study.data import get_task, load_glue, tokenize_glue
 
     spec = get_task(task)
     if glue_dir is None or not (glue_dir / task / f"{spec.train_split}.parquet").is_file():
@@ -241,7 +259,7 @@ def _task_batches(task: str, tokenizer, cfg: dict[str, Any], glue_dir: Path | No
 
 def _load(model_name: str, num_labels: int, is_regression: bool):
     if model_name == "tiny":
-        from nxmlab.models import build_tiny_model, load_tokenizer
+        from nxmlab.study.models import build_tiny_model, load_tokenizer
 
         try:
             tok = load_tokenizer("tiny")
@@ -249,7 +267,7 @@ def _load(model_name: str, num_labels: int, is_regression: bool):
             tok = None
         vocab = len(tok) if tok is not None else 30522
         return build_tiny_model(vocab, num_labels, is_regression), tok
-    from nxmlab.models import load_model_and_tokenizer
+    from nxmlab.study.models import load_model_and_tokenizer
 
     return load_model_and_tokenizer(model_name, num_labels, is_regression=is_regression)
 
@@ -260,7 +278,7 @@ def measure_task(task: str, cfg: dict[str, Any], glue_dir: Path | None) -> dict[
 
     from nxmlab.admm import ADMM
     from nxmlab.distill import distillation_loss
-    from nxmlab.glue import get_task
+    from nxmlab.study.data import get_task
     from nxmlab.masking import apply_masks, magnitude_nxm_masks
     from nxmlab.targets import select_targets
 
@@ -350,7 +368,8 @@ def measure_scale(cfg: dict[str, Any]) -> dict[str, Any]:
 def run(quick: bool = False, results_dir: str = "results", glue_dir: str | None = None, **_: Any) -> dict[str, Any]:
     import torch
 
-    from nxmlab.presets import METHOD_LABELS, get_preset
+    from nxmlab.study.methods import LABELS
+    from nxmlab.study.presets import get_preset
 
     cfg = dict(QUICK if quick else FULL)
     gdir = _glue_dir(glue_dir)
@@ -387,7 +406,7 @@ def run(quick: bool = False, results_dir: str = "results", glue_dir: str | None 
     for task in cfg["tasks"]:
         spe = math.ceil(GLUE_TRAIN_SIZES[task] / 32)  # the study's batch size
         tab = small_tables[task]
-        for label in METHOD_LABELS:
+        for label in LABELS():
             for phase, kind in _phases_kinds(label):
                 est = tab[kind] * spe if tab.get(kind) is not None else None
                 recs = [r for r in store if r["task"] == task and r["label"] == label and r["phase"] == phase
@@ -404,7 +423,7 @@ def run(quick: bool = False, results_dir: str = "results", glue_dir: str | None 
     calib = statistics.median(calibration) if calibration else None
 
     # projections
-    finished_keys = [(r["task"], r["label"], r["seed"], float(r["rho"]) if r["label"].startswith("admm") and
+    finished_keys = [(r["task"], r["label"], r["seed"], float(r["rho"]) if _has_rho(r["label"]) and
                       r["rho"] is not None else None) for r in store]
     projections = {}
     for name in cfg["presets"]:

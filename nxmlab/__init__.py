@@ -3,10 +3,16 @@
 Pattern notation: ``NxM(n, m)`` / ``"n:m"`` means **keep m of every n** consecutive
 weights along a Linear layer's input dimension; the paper's ``4:2`` is NVIDIA's 2:4.
 
-Layers, bottom up: :mod:`nxmlab.nxm` (patterns, masks, projection, compression) <-
-:mod:`nxmlab.targets`, :mod:`nxmlab.admm`, :mod:`nxmlab.masking`,
-:mod:`nxmlab.distill`, :mod:`nxmlab.export` <- GLUE recipes on ``transformers.Trainer``
-<- CLI and notebooks.
+Two layers in one package:
+
+* **the method** (this package's modules): :mod:`nxmlab.nxm` (patterns, masks,
+  projection, compression, with its :mod:`nxmlab.kernels`) <- :mod:`nxmlab.targets`,
+  :mod:`nxmlab.admm`, :mod:`nxmlab.masking`, :mod:`nxmlab.distill`, :mod:`nxmlab.export`
+  <- :mod:`nxmlab.callbacks` (``transformers.Trainer`` callbacks).  Small, exact, and
+  independent of the study;
+* **the study** (:mod:`nxmlab.study`): GLUE data, the results store, the method registry
+  and recipe, presets, result frames, plots, notebooks and the ``nxmlab`` CLI.  It uses
+  the method layer and is never imported by it.
 """
 
 from .admm import ADMM, ADMMDiagnostics
@@ -15,7 +21,7 @@ from .masking import FixedMasks, apply_masks, magnitude_nxm_masks, unstructured_
 from .nxm import NxM, compress, decompress, is_nxm, nxm_mask, project
 from .targets import COMPONENTS, describe_target, select_targets
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ADMM",

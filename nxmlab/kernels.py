@@ -44,7 +44,6 @@ from collections.abc import Callable
 
 import torch
 
-from .nxm import NxM
 
 __all__ = [
     "COMPILE_MIN_NUMEL",
@@ -208,13 +207,31 @@ def compiled_available() -> bool:
     return not _failed
 
 
-def _validate(weight: torch.Tensor, n: int, m: int, name: str) -> NxM:
-    pattern = NxM(n, m)
+def _validate(weight: torch.Tensor, n: int, m: int, name: str) -> None:
+    """The shape checks of ``NxM.check`` (same messages); n and m as in ``NxM``."""
+    if isinstance(n, bool) or isinstance(m, bool) or not isinstance(n, int) or not isinstance(m, int) \
+            or not 1 <= m < n:
+        raise ValueError(f"invalid NxM pattern {n}:{m}: need 1 <= m < n (keep m of every n), got n={n}, m={m}")
     if weight.dim() != 2:
-        pattern.check(weight, name)  # raises the same error as nxm_mask
+        raise ValueError(f"{name}: NxM sparsity needs a 2-D [out, in] weight, got shape {tuple(weight.shape)}")
     if weight.shape[1] % n != 0:
-        pattern.check(weight, name)
-    return pattern
+        raise ValueError(f"{name}: pattern {n}:{m} needs the input width to be a multiple of "
+                         f"n={n}, but weight shape is {tuple(weight.shape)}")
+
+
+def reference_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """The reference NxM mask (any dtype and device): the rank-by-counting loop.
+
+    ``rank[i]`` counts the group members that beat member ``i``: a larger magnitude, or
+    an equal magnitude at a lower index.  The members ranked below ``m`` are kept.
+    """
+    a = weight.detach().abs().reshape(-1, n)
+    rank = torch.zeros(a.shape, dtype=torch.uint8, device=a.device)
+    for j in range(n):
+        aj = a[:, j : j + 1]
+        rank[:, : j + 1] += aj > a[:, : j + 1]
+        rank[:, j + 1 :] += aj >= a[:, j + 1 :]
+    return (rank < m).reshape(weight.shape)
 
 
 def _all_finite(w: torch.Tensor) -> bool:
@@ -286,14 +303,12 @@ def eager_nxm_mask_and_project(weight: torch.Tensor, n: int, m: int, name: str =
     projection is an integer multiply of the weight's bits by the 0/1 mask (exact:
     ``+0`` where pruned, every bit kept elsewhere).
     """
-    pattern = _validate(weight, n, m, name)
+    _validate(weight, n, m, name)
     w = weight.detach()
     if check and not _all_finite(w):
         _raise_not_finite(weight, name)
-    if w.dtype not in _FLOAT_BITS or w.numel() == 0:
-        from .nxm import _reference_mask  # integer weights etc.: the reference
-
-        mask = _reference_mask(w, pattern)
+    if w.dtype not in _FLOAT_BITS or w.numel() == 0:  # integer weights etc.: the reference
+        mask = reference_mask(w, n, m)
         return mask, w.masked_fill(~mask, 0)
     w = w.contiguous()
     g = w.view(-1, n)

@@ -31,7 +31,7 @@ from torch import nn
 
 from .nxm import NxM, nxm_mask
 
-__all__ = ["magnitude_nxm_masks", "unstructured_masks", "apply_masks", "FixedMasks", "mask_sparsity"]
+__all__ = ["magnitude_nxm_masks", "unstructured_masks", "apply_masks", "FixedMasks", "mask_distance", "mask_sparsity"]
 
 
 @torch.no_grad()
@@ -80,6 +80,20 @@ def unstructured_masks(
         out[name] = mask[offset : offset + w.numel()].reshape(w.shape).to(w.device)
         offset += w.numel()
     return out
+
+
+def mask_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Normalised Hamming distance of two keep-masks: ``|A △ B| / (|A| + |B|)``.
+
+    For masks of equal density this is the fraction of kept positions that differ,
+    ``|A ∧ ¬B| / |A|``: 0 for identical masks, 1 for disjoint ones, ``1 − m/n`` expected
+    for two independent random n:m masks.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"masks differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    a, b = a.bool(), b.bool()
+    total = int(a.sum()) + int(b.sum())
+    return 0.0 if total == 0 else int((a ^ b).sum()) / total
 
 
 def mask_sparsity(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:

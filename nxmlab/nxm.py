@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .kernels import fused_nxm_mask_and_project, reference_mask
+
 __all__ = [
     "NxM",
     "nxm_mask",
@@ -126,15 +128,7 @@ def _groups(weight: torch.Tensor, pattern: NxM) -> torch.Tensor:
 
 
 def _reference_mask(weight: torch.Tensor, pattern: NxM) -> torch.Tensor:
-    a = _groups(weight.detach().abs(), pattern)
-    # rank[i] = number of group members that beat member i: a larger magnitude, or an
-    # equal magnitude at a lower index.  Keep the members ranked below m.
-    rank = torch.zeros(a.shape, dtype=torch.uint8, device=a.device)
-    for j in range(pattern.n):
-        aj = a[:, j : j + 1]
-        rank[:, : j + 1] += aj > a[:, : j + 1]
-        rank[:, j + 1 :] += aj >= a[:, j + 1 :]
-    return (rank < pattern.m).reshape(weight.shape)
+    return reference_mask(weight, pattern.n, pattern.m)
 
 
 def _use_kernels(weight: torch.Tensor) -> bool:
@@ -157,8 +151,6 @@ def nxm_mask_and_project(
     """
     pattern = NxM.parse(pattern)
     if _use_kernels(weight):
-        from .kernels import fused_nxm_mask_and_project  # kernels imports this module
-
         with torch.no_grad():
             return fused_nxm_mask_and_project(weight.detach(), pattern.n, pattern.m, name)
     pattern.check(weight, name)

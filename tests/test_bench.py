@@ -84,7 +84,7 @@ def test_study_cost_json(quick_results):
 
 
 def test_project_preset_seconds_by_hand():
-    from nxmlab.presets import get_preset, preset_runs
+    from nxmlab.study.presets import get_preset, preset_runs
 
     smoke = get_preset("smoke")  # rte + stsb, 1 epoch + 1 retrain, batch 8, train_limit 32, eval_limit 16
     sps = {t: {"dense": 1.0, "admm": 2.0, "fixed": 3.0, "kd_extra": 10.0} for t in ("rte", "stsb")}

@@ -1,4 +1,4 @@
-"""Tests for nxmlab.metrics against values worked out by hand."""
+"""Tests for nxmlab.study.metrics against values worked out by hand."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from nxmlab.glue import GLUE_TASKS
-from nxmlab.metrics import compute_metrics_fn, glue_metrics, glue_score
+from nxmlab.study.data import GLUE_TASKS
+from nxmlab.study.metrics import compute_metrics_fn, glue_metrics, glue_score
 
 # 7 binary examples: TP = 3 (rows 0, 2, 6), FP = 1 (row 1), FN = 1 (row 3), TN = 2 (rows 4, 5).
 PRED_IDS = np.array([1, 1, 1, 0, 0, 0, 1])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import subprocess
@@ -11,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from nxmlab.cli import main
-from nxmlab.presets import PRESETS, Preset, get_preset, parse_label, preset_runs, resolve_preset
-from nxmlab.recipes import NxMTrainingArguments, RunConfig, run_dir_for
-from nxmlab.report import method_label
-from nxmlab.reproduce import NOTEBOOKS, notebook_dir, plan
-from nxmlab.store import atomic_write_json
+from nxmlab.study.cli import main
+from nxmlab.study.config import NxMTrainingArguments, RunConfig, RunSpec
+from nxmlab.study.methods import METHODS
+from nxmlab.study.presets import PRESETS, Preset, get_preset, parse_label, preset_runs, resolve_preset
+from nxmlab.study.reproduce import NOTEBOOKS, notebook_dir, plan
+from nxmlab.study.store import atomic_write_json
 
 # (table runs, rho-sweep runs, all runs deduplicated)
 EXPECTED = {"smoke": (12, 3, 14), "quick": (12, 3, 14), "cpu": (90, 42, 126), "paper": (40, 6, 44)}
@@ -27,50 +26,50 @@ def test_every_preset_builds_valid_runs(name):
     preset = get_preset(name)
     table, rho, everything = (preset_runs(preset, s) for s in ("table", "rho", "all"))
     assert (len(table), len(rho), len(everything)) == EXPECTED[name]
-    for cfg, args in everything:
-        cfg.validate()
+    for spec in everything:
+        cfg, args = spec.cfg, spec.args
         assert cfg.model == preset.model and cfg.pattern == preset.pattern
         assert args.num_train_epochs == preset.epochs and args.learning_rate == preset.learning_rate
         assert args.per_device_train_batch_size == preset.batch_size and args.seed in preset.seeds
-    labels = {method_label(c.method, c.kd) for c, _ in table}
+    labels = {spec.label for spec in table}
     assert labels == set(preset.methods) | {"dense"}
     # the default-rho run of the sweep is the table's admm run
-    table_dirs = {run_dir_for(c, a) for c, a in table}
-    shared = [run_dir_for(c, a) for c, a in rho if c.rho == preset.rho]
+    table_dirs = {spec.folder().path for spec in table}
+    shared = [spec.folder().path for spec in rho if spec.cfg.rho == preset.rho]
     assert shared and all(d in table_dirs for d in shared) == ("admm" in preset.methods)
-    assert len({run_dir_for(c, a) for c, a in everything}) == len(everything)
+    assert len({spec.folder().path for spec in everything}) == len(everything)
     assert preset.description
 
 
 def test_dense_runs_come_first_and_are_the_teachers_run_experiment_would_use():
     runs = preset_runs("smoke", "table")
     seen_dense = set()
-    for cfg, args in runs:
-        if cfg.method == "dense":
-            seen_dense.add(cfg.task)
+    dense_dirs = {spec.folder().path for spec in runs if not spec.method.sparse}
+    for spec in runs:
+        if not spec.method.sparse:
+            seen_dense.add(spec.task.name)
             continue
-        assert cfg.task in seen_dense
-        # what run_experiment does to find the teacher / ASP start
-        dense_cfg = dataclasses.replace(cfg, method="dense", kd=False)
-        dense_args = copy.deepcopy(args)
-        dense_args.num_train_epochs = cfg.dense_epochs or args.num_train_epochs
-        assert run_dir_for(dense_cfg, dense_args) in {run_dir_for(c, a) for c, a in runs if c.method == "dense"}
+        assert spec.task.name in seen_dense
+        if spec.method.needs_dense(spec):  # what run_experiment uses as teacher / ASP start
+            assert spec.dense().folder().path in dense_dirs
 
 
 def test_dense_is_added_when_a_method_needs_it():
     preset = get_preset("quick").replace(methods=["magnitude"])
-    labels = [method_label(c.method, c.kd) for c, _ in preset_runs(preset, "table")]
+    labels = [spec.label for spec in preset_runs(preset, "table")]
     assert labels[:2] == ["dense", "magnitude"]
     dynamics = preset_runs(get_preset("quick").replace(methods=["admm"]), "dynamics")
-    assert {c.method for c, _ in dynamics} == {"admm"}
+    assert {spec.method.name for spec in dynamics} == {"admm"}
+    dynamics = preset_runs(get_preset("quick").replace(methods=["admm", "admm+kd"]), "dynamics")
+    assert [spec.label for spec in dynamics] == ["dense", "admm", "admm+kd"] * 3
 
 
 def test_cpu_preset_shares_runs_with_plain_nxmlab_train():
     """`nxmlab train --task rte --method M --model minilm-l6` (3 epochs, 2 retrain) = the cpu preset's runs."""
-    cpu = {run_dir_for(c, a) for c, a in preset_runs("cpu", "table")}
+    cpu = {spec.folder().path for spec in preset_runs("cpu", "table")}
     for method in ("dense", "magnitude", "admm"):
         cfg = RunConfig(task="rte", method=method, model="minilm-l6", retrain_epochs=2.0)
-        assert run_dir_for(cfg, NxMTrainingArguments(num_train_epochs=3.0)) in cpu, method
+        assert RunSpec.parse(cfg, NxMTrainingArguments(num_train_epochs=3.0)).folder().path in cpu, method
 
 
 def test_unknown_preset_and_bad_overrides():
@@ -94,7 +93,9 @@ def test_overrides_lists_and_none():
     p = resolve_preset("smoke", tasks=["stsb"], seeds=[1, 2], rho_grid=[0.1], methods="admm,dense")
     assert p.tasks == ("stsb",) and p.seeds == (1, 2) and p.rho_grid == (0.1,) and p.labels == ("dense", "admm")
     assert isinstance(p, Preset) and hash(p) and p.model == smoke.model
-    assert parse_label("admm+kd") == ("admm", True) and parse_label("dense") == ("dense", False)
+    assert parse_label("admm+kd") == (METHODS["admm"], True) and parse_label("dense") == (METHODS["dense"], False)
+    with pytest.raises(ValueError, match="unknown method label 'dense\\+kd'"):
+        parse_label("dense+kd")
 
 
 def test_every_notebook_exists():
@@ -110,7 +111,7 @@ def test_reproduce_unknown_preset_exits_2_with_one_line(capsys):
 
 
 def test_reproduce_unknown_preset_exit_status_of_the_command(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nxmlab", "reproduce", "--preset", "nope"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "nxmlab.study", "reproduce", "--preset", "nope"], capture_output=True,
                           text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
@@ -141,9 +142,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatc
 
 
 def test_plan_counts_finished_runs(tmp_path):
-    cfg, args = preset_runs("smoke", "table", str(tmp_path))[0]
-    run_dir = run_dir_for(cfg, args)
-    atomic_write_json(run_dir / "metrics.json", {"status": "finished"})
+    folder = preset_runs("smoke", "table", str(tmp_path))[0].folder()
+    atomic_write_json(folder.file(folder.METRICS), {"status": "finished"})
+    run_dir = folder.path
     steps = {s["notebook"]: s for s in plan("smoke", tmp_path)}
     assert steps["glue_table"]["finished"] == 1 and steps["glue_table"]["new"] == 11
     assert steps["mask_distance"]["finished"] == 1 and steps["mask_distance"]["new"] == 0
@@ -155,7 +156,7 @@ def test_plan_counts_finished_runs(tmp_path):
 def test_venv_kernel_runs_this_interpreter_and_restores_the_environment(monkeypatch):
     from jupyter_client.kernelspec import KernelSpecManager
 
-    from nxmlab.reproduce import venv_kernel
+    from nxmlab.study.reproduce import venv_kernel
 
     monkeypatch.setenv("JUPYTER_PATH", "/somewhere")
     with venv_kernel() as name:
@@ -183,7 +184,7 @@ def test_notebooks_declare_the_same_papermill_parameters(caplog):
 def test_dry_run_projects_wall_time_from_the_bench_json(tmp_path):
     import json
 
-    from nxmlab.reproduce import projected_cost
+    from nxmlab.study.reproduce import projected_cost
 
     assert projected_cost("quick", tmp_path / "absent.json") == []
     cost = {"machine": {"date_utc": "2026-01-02T00:00:00", "cpu_count": 2, "torch_threads": 1},

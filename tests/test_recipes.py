@@ -1,4 +1,4 @@
-"""End-to-end GLUE recipes on the `tiny` model with a few dozen real RTE / STS-B examples."""
+"""End-to-end runs of every registered method on the `tiny` model with a few dozen real RTE / STS-B examples."""
 
 from __future__ import annotations
 
@@ -12,14 +12,18 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from nxmlab.nxm import is_nxm
-from nxmlab.recipes import NxMTrainingArguments, RunConfig, run_dir_for, run_experiment
-from nxmlab.store import config_hash, load_masks, read_json, read_jsonl
+from nxmlab.study.config import NxMTrainingArguments, RunConfig, RunSpec
+from nxmlab.study.recipe import run_experiment
+from nxmlab.study.store import RunFolder, config_hash, load_masks, read_json, read_jsonl
 from nxmlab.targets import select_targets
-from nxmlab.trainer import ADMM_STATE_FILE
 
 pytestmark = pytest.mark.slow
 
 SPARSE = [("magnitude", False), ("magnitude", True), ("unstructured", False), ("admm", False), ("admm", True)]
+
+
+def run_dir_for(cfg, args) -> RunFolder:
+    return RunSpec.parse(cfg, args).folder()
 
 
 def make(results: Path, glue_dir: Path, task: str = "rte", **overrides):
@@ -42,40 +46,52 @@ def store(tmp_path_factory, glue_dir):
     return results, runs
 
 
-def _model_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "model" / "model.safetensors")
+def _model_weights(run: RunFolder) -> dict[str, torch.Tensor]:
+    return load_file(run.model_dir / "model.safetensors")
 
 
 @pytest.mark.parametrize("method, kd", [("dense", False), *SPARSE])
 def test_every_method_leaves_a_complete_record(store, method, kd):
     _, runs = store
-    metrics, run_dir = runs[(method, kd)]
+    metrics, run = runs[(method, kd)]
     assert metrics["status"] == "finished" and metrics["kd"] == kd
-    for name in ("config.json", "metrics.json", "state.json", "log.jsonl", "model/model.safetensors"):
-        assert (run_dir / name).exists(), name
-    assert not (run_dir / "checkpoints").exists() and not (run_dir / "phases").exists()
-    assert run_dir.name.endswith(config_hash(read_json(run_dir / "config.json")))
+    committed = [RunFolder.CONFIG, RunFolder.METRICS, RunFolder.STATE, RunFolder.LOG, RunFolder.PREDICTIONS]
+    for name in committed:
+        assert run.file(name).exists(), name
+    assert (run.model_dir / "model.safetensors").exists()
+    assert not (run.cache / "checkpoints").exists() and not (run.cache / "phases").exists()
+    assert not (run.path / "model").exists()  # weights never go into the committed folder
+    assert run.name.endswith(config_hash(read_json(run.file(RunFolder.CONFIG))))
     assert 0.0 <= metrics["score"] <= 1.0
+    predictions = run.read_frame(RunFolder.PREDICTIONS)
+    assert list(predictions.columns) == ["split", "idx", "prediction"] and len(predictions) == 16
     if method == "dense":
         assert set(metrics["eval"]) == {"final"}
         return
     assert set(metrics["eval"]) == {"before_prune", "after_prune", "final"}
     assert metrics["dense_run"] is None if (method == "admm" and not kd) else metrics["dense_run"].startswith("rte/dense")
-    masks = load_masks(run_dir / "masks.npz")
+    masks = load_masks(run.masks_file)
     assert {"final", "pretrained_magnitude"} <= set(masks)
+    assert set(run.mask_sample()) == set(masks)
+    distances = run.read_frame(RunFolder.MASK_DISTANCES)
+    assert set(distances["reference"]) == set(masks) - {"final"}
+    assert set(metrics["mask_distance"]) == set(masks) - {"final"}
     phases = {"admm": ["admm", "retrain"]}.get(method, ["finetune"])
     assert list(metrics["phases"]) == phases
     for phase in metrics["phases"].values():
         assert phase["seconds"] > 0 and phase["seconds_per_epoch"] > 0
     if method == "admm":
-        dynamics = read_jsonl(run_dir / "dynamics.jsonl")
-        events = {r["event"] for r in dynamics}
-        assert events == {"init", "update", "log"}
-        assert {"primal", "rel_dist", "near_zero", "penalty", "component", "layer"} <= set(dynamics[0])
-        updates = [r for r in dynamics if r["event"] == "update"]
-        assert {"dual", "flips"} <= set(updates[0])
-        assert sorted({r["step"] for r in updates}) == [4, 8]  # once per epoch: 32 examples / batch 8
-        assert (run_dir / ADMM_STATE_FILE).exists()
+        dynamics = run.read_frame(RunFolder.DYNAMICS)
+        assert set(dynamics["event"]) == {"init", "update", "log"}
+        assert {"primal", "rel_dist", "near_zero", "penalty", "component", "layer", "dual", "flips"} <= set(dynamics)
+        updates = dynamics[dynamics["event"] == "update"]
+        assert sorted(set(updates["step"])) == [4, 8]  # once per epoch: 32 examples / batch 8
+        assert run.admm_state.exists()
+        diagnostics = metrics["diagnostics"]
+        assert 0 < diagnostics["rel_dist_at_prune"] < 1 and diagnostics["updates"] == 2
+        assert 0 <= diagnostics["flips_last_update"] <= 1
+        magnitudes = run.read_frame(RunFolder.MAGNITUDES)
+        assert set(magnitudes["position"]) == {"kept", "pruned"} and magnitudes["stage"].nunique() == 4
 
 
 @pytest.mark.parametrize("method, kd", [m for m in SPARSE if m[0] != "unstructured"])
@@ -83,7 +99,7 @@ def test_targets_are_exactly_nxm_with_exact_sparsity(store, method, kd):
     _, runs = store
     metrics, run_dir = runs[(method, kd)]
     weights = _model_weights(run_dir)
-    final = load_masks(run_dir / "masks.npz", "final")["final"]
+    final = load_masks(run_dir.masks_file, "final")["final"]
     assert len(final) == 12  # 2 layers x 6 components
     for name, mask in final.items():
         w = weights[f"{name}.weight"]
@@ -98,7 +114,7 @@ def test_unstructured_keeps_the_same_density_without_the_pattern(store):
     _, runs = store
     metrics, run_dir = runs[("unstructured", False)]
     weights = _model_weights(run_dir)
-    final = load_masks(run_dir / "masks.npz", "final")["final"]
+    final = load_masks(run_dir.masks_file, "final")["final"]
     assert all(float(m.float().mean()) == 0.5 for m in final.values())
     assert not all(is_nxm(weights[f"{n}.weight"], "4:2") for n in final)
     assert metrics["sparsity"]["mean"] == pytest.approx(0.5)
@@ -109,7 +125,7 @@ def test_non_target_weights_are_never_masked(store, method, kd):
     _, runs = store
     _, run_dir = runs[(method, kd)]
     weights = _model_weights(run_dir)
-    targets = {f"{n}.weight" for n in load_masks(run_dir / "masks.npz", "final")["final"]}
+    targets = {f"{n}.weight" for n in load_masks(run_dir.masks_file, "final")["final"]}
     others = [k for k, v in weights.items() if k not in targets and v.dim() == 2]
     assert "classifier.weight" in others and "bert.pooler.dense.weight" in others
     for key in others:
@@ -135,13 +151,14 @@ def test_regression_task_stsb(tmp_path, glue_dir):
 def test_finished_config_is_skipped_unless_overwrite(store, glue_dir):
     results, runs = store
     _, run_dir = runs[("magnitude", False)]
-    stamp = os.stat(run_dir / "metrics.json").st_mtime_ns
+    metrics_file = run_dir.file(RunFolder.METRICS)
+    stamp = os.stat(metrics_file).st_mtime_ns
     cfg, args = make(results, glue_dir, method="magnitude")
-    assert run_experiment(cfg, args) == read_json(run_dir / "metrics.json")
-    assert os.stat(run_dir / "metrics.json").st_mtime_ns == stamp
+    assert run_experiment(cfg, args) == read_json(metrics_file)
+    assert os.stat(metrics_file).st_mtime_ns == stamp
     assert len(list((results / "rte").glob("dense-*"))) == 1  # the teacher was reused, not retrained
     again = run_experiment(dataclasses.replace(cfg, overwrite=True), args)
-    assert os.stat(run_dir / "metrics.json").st_mtime_ns != stamp
+    assert os.stat(metrics_file).st_mtime_ns != stamp
     assert again["eval"] == runs[("magnitude", False)][0]["eval"]  # deterministic on CPU
 
 
@@ -176,7 +193,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, glue_dir, admm_r
     with pytest.raises(Interrupted):
         run_experiment(cfg, args, callbacks=[Interrupt(phase, step)])
     run_dir = run_dir_for(cfg, args)
-    assert not (run_dir / "metrics.json").exists()  # a killed run never looks finished
+    assert not run_dir.file(RunFolder.METRICS).exists()  # a killed run never looks finished
     metrics = run_experiment(cfg, args)
     reference, ref_dir = admm_reference
     assert metrics["phases"][phase]["resumed_from_step"] == (2 if step == 3 else step)
@@ -185,13 +202,14 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, glue_dir, admm_r
     assert ours.keys() == theirs.keys()
     for key in ours:
         assert torch.equal(ours[key], theirs[key]), key
-    state, ref_state = (torch.load(d / ADMM_STATE_FILE, weights_only=True) for d in (run_dir, ref_dir))
+    state, ref_state = (torch.load(d.admm_state, weights_only=True) for d in (run_dir, ref_dir))
     for part in ("Z", "U", "masks"):
         for name in ref_state[part]:
             assert torch.equal(state[part][name], ref_state[part][name]), (part, name)
     assert state["rho"] == ref_state["rho"] and state["num_updates"] == ref_state["num_updates"]
-    strip = lambda rows: [{k: v for k, v in r.items()} for r in rows]  # noqa: E731
-    assert strip(read_jsonl(run_dir / "dynamics.jsonl")) == strip(read_jsonl(ref_dir / "dynamics.jsonl"))
+    assert read_jsonl(run_dir.raw_dynamics) == read_jsonl(ref_dir.raw_dynamics)
+    assert run_dir.read_frame(RunFolder.DYNAMICS).equals(ref_dir.read_frame(RunFolder.DYNAMICS))
+    assert run_dir.read_frame(RunFolder.PREDICTIONS).equals(ref_dir.read_frame(RunFolder.PREDICTIONS))
 
 
 def test_bad_config_fails_before_writing(tmp_path, glue_dir):
@@ -204,15 +222,16 @@ def test_bad_config_fails_before_writing(tmp_path, glue_dir):
 
 
 def test_kd_needs_matching_teacher_labels(tmp_path, glue_dir):
-    from nxmlab.models import load_model_and_tokenizer
-    from nxmlab.recipes import _Run
+    from nxmlab.study.models import load_model_and_tokenizer
+    from nxmlab.study.recipe import _Run
 
     cfg, args = make(tmp_path, glue_dir, method="admm", kd=True)
-    run = _Run(cfg, args, tmp_path, [])
+    run = _Run(RunSpec.parse(cfg, args), [])
     student, _ = load_model_and_tokenizer("tiny", 2)
+    run.pretrained = student
     teacher, _ = load_model_and_tokenizer("tiny", 3)
     with pytest.raises(ValueError, match="teacher has 3 labels but the student has 2"):
-        run.check_teacher(teacher, student)
+        run.check_teacher(teacher)
     with pytest.raises(ValueError, match="needs a dense teacher"):
-        run.check_teacher(None, student)
+        run.check_teacher(None)
     assert select_targets(student)  # sanity: the tiny model has targets

@@ -16,13 +16,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from nxmlab.cli import main
-from nxmlab.recipes import run_dir_for, run_experiment
-from nxmlab.store import load_masks, read_json, save_masks
-from nxmlab.trainer import NonFiniteError
-from nxmlab.verify import verify_results
+from nxmlab.study.cli import main
+from nxmlab.callbacks import NonFiniteError
+from nxmlab.study.recipe import run_experiment
+from nxmlab.study.store import RunFolder, load_masks, read_json
+from nxmlab.study.verify import verify_results
 
-from .test_recipes import make
+from .test_recipes import make, run_dir_for
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def sandbox(tmp_path, glue_dir):
 def _save_model(folder: Path, num_labels: int, vocab_size: int | None = None) -> Path:
     from transformers import BertConfig, BertForSequenceClassification
 
-    from nxmlab.models import TINY_CONFIG, load_tokenizer
+    from nxmlab.study.models import TINY_CONFIG, load_tokenizer
 
     tok = load_tokenizer("tiny")
     config = BertConfig(vocab_size=vocab_size or tok.vocab_size, num_labels=num_labels, **TINY_CONFIG)
@@ -140,24 +140,24 @@ def test_teacher_must_match_student(sandbox, capsys, labels, vocab, message):
 def test_incompatible_store_version(sandbox, capsys):
     tmp, mirror = sandbox
     cfg, args = make(tmp / "r", mirror, method="dense")
-    run_dir = run_dir_for(cfg, args)
+    run_dir = run_dir_for(cfg, args).path
     run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps({"store_version": 0}))
+    (run_dir / "config.json").write_text(json.dumps({"store_version": 1}))
     before = snapshot(tmp)
-    with pytest.raises(ValueError, match="incompatible nxmlab"):
+    with pytest.raises(ValueError, match="written by store version 1, and this nxmlab reads version 2"):
         run_experiment(cfg, args)
     assert snapshot(tmp) == before
 
 
 def test_unknown_command_and_debug_traceback(capsys):
     assert main(["frobnicate"]) == 2
-    assert "unknown command" in capsys.readouterr().err
+    assert "invalid choice: 'frobnicate'" in capsys.readouterr().err
     with pytest.raises(ValueError):
         main(["train", "--task", "glue", "--debug"])
 
 
 def test_cli_exit_status_in_a_real_process(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nxmlab", "train", "--task", "nope", "--results_dir", str(tmp_path / "r")],
+    proc = subprocess.run([sys.executable, "-m", "nxmlab.study", "train", "--task", "nope", "--results_dir", str(tmp_path / "r")],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
@@ -182,10 +182,10 @@ def test_nan_stops_the_run_keeps_the_last_good_checkpoint(tmp_path, glue_dir):
     with pytest.raises(NonFiniteError, match=r"non-finite weights at step 3 in phase 'admm'.*checkpoint-2"):
         run_experiment(cfg, args, callbacks=[PoisonWeight(3)])
     run_dir = run_dir_for(cfg, args)
-    assert not (run_dir / "metrics.json").exists()
-    checkpoints = sorted(p.name for p in (run_dir / "checkpoints" / "admm").glob("checkpoint-*"))
+    assert not run_dir.file(RunFolder.METRICS).exists()
+    checkpoints = sorted(p.name for p in run_dir.checkpoint_dir("admm").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-2"]
-    weights = load_file(run_dir / "checkpoints" / "admm" / "checkpoint-2" / "model.safetensors")
+    weights = load_file(run_dir.checkpoint_dir("admm") / "checkpoint-2" / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert verify_results(tmp_path)[0].finished is False
 
@@ -195,7 +195,7 @@ KILLER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     from transformers import TrainerCallback
-    from nxmlab.recipes import run_experiment
+    from nxmlab.study.recipe import run_experiment
     from tests.test_recipes import make
 
     results, glue, phase, step, event = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
@@ -244,13 +244,13 @@ def test_kill_9_then_same_command_resumes_bit_identically(case, tmp_path, glue_d
     assert killed.returncode == -9, killed.stderr[-2000:]
     cfg, args = make(tmp_path, glue_dir, method="admm")
     run_dir = run_dir_for(cfg, args)
-    assert not (run_dir / "metrics.json").exists()
+    assert not run_dir.file(RunFolder.METRICS).exists()
     finished = _killable(tmp_path, glue_dir, "none", 0)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    metrics = read_json(run_dir / "metrics.json")
+    metrics = read_json(run_dir.file(RunFolder.METRICS))
     ref_metrics, ref_dir = reference
     assert metrics["eval"] == ref_metrics["eval"]
-    ours, theirs = load_file(run_dir / "model" / "model.safetensors"), load_file(ref_dir / "model" / "model.safetensors")
+    ours, theirs = (load_file(d.model_dir / "model.safetensors") for d in (run_dir, ref_dir))
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
     if event == "save":  # the torn checkpoint-6 was not used: resumed from checkpoint-4
         assert metrics["phases"]["admm"]["resumed_from_step"] == 4
@@ -274,21 +274,23 @@ def test_verify_finds_every_kind_of_damage(tmp_path, glue_dir, capsys):
     checks = verify_results(tmp_path)
     assert len(checks) == 2 and all(c.ok for c in checks), checks
     assert main(["verify", str(tmp_path)]) == 0
-    run_dir = run_dir_for(cfg, args)
+    run = run_dir_for(cfg, args)
 
-    masks = load_masks(run_dir / "masks.npz")
+    masks = load_masks(run.masks_file)
     name = next(iter(masks["final"]))
-    masks["final"][name][0, :4] = True  # 4 kept in one group of a 4:2 mask
-    save_masks(run_dir / "masks.npz", masks)
-    metrics = read_json(run_dir / "metrics.json")
+    masks["final"][name][:] = True  # 4 kept in every group of a 4:2 mask
+    run.write_mask_sample(masks, 4)
+    metrics = read_json(run.file(RunFolder.METRICS))
     metrics["eval"]["final"]["validation"]["accuracy"] = float("nan")
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    (run_dir / "log.jsonl").unlink()
+    run.file(RunFolder.METRICS).write_text(json.dumps(metrics))
+    run.file(RunFolder.LOG).unlink()
+    run.file(RunFolder.PREDICTIONS).write_bytes(b"garbage")
     problems = " | ".join(next(c for c in verify_results(tmp_path) if "magnitude" in c.run).problems)
-    assert "mask is not 4:2" in problems and "accuracy is not a finite number" in problems
-    assert "log.jsonl is missing" in problems
+    assert f"{name}: sampled final mask is not 4:2" in problems and "accuracy is not a finite number" in problems
+    assert "log.jsonl is missing" in problems and "predictions.parquet is unreadable" in problems
     assert main(["verify", str(tmp_path)]) == 1
 
+    run_dir = run.path
     renamed = run_dir.with_name(run_dir.name[:-3] + "abc")
     run_dir.rename(renamed)
     assert any("does not match the folder name" in p for c in verify_results(tmp_path) for p in c.problems)

@@ -1,0 +1,178 @@
+"""The ``nxmlab`` command line: ``train``, ``table``, ``verify``, ``reproduce``.
+
+Bad input exits with status 2 and one line on stderr (a traceback only with ``--debug``);
+``nxmlab <command> --help`` documents every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "build_parser", "EXIT_USAGE"]
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``nxmlab: error: ...`` and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"nxmlab: error: {message} (see {self.prog} --help)\n")
+
+
+def _train(ns: argparse.Namespace) -> int:
+    from transformers import HfArgumentParser
+
+    from .config import NxMTrainingArguments, RunConfig
+    from .recipe import run_experiment
+
+    parser = HfArgumentParser((RunConfig, NxMTrainingArguments), prog="nxmlab train",
+                              description="Train one method on one GLUE task into the results store. "
+                                          "Also accepts a single JSON/YAML config file.")
+    argv = ns.args
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
+        try:
+            cfg, args = loader(argv[0])
+        except (OSError, ValueError, TypeError) as exc:
+            raise UsageError(f"cannot read config {argv[0]}: {exc}") from exc
+    else:
+        cfg, args = parser.parse_args_into_dataclasses(args=argv)
+    metrics = run_experiment(cfg, args)
+    phases = ", ".join(f"{k} {v['seconds']:.0f}s" for k, v in metrics["phases"].items())
+    label = metrics["method"] + ("+kd" if metrics["kd"] else "")
+    print(f"{metrics['task']} {label}: score {100 * metrics['score']:.2f} ({phases})")
+    return 0
+
+
+def _table(ns: argparse.Namespace) -> int:
+    from .frames import glue_table, load_scores, to_markdown
+
+    if not Path(ns.results_dir).is_dir():
+        raise UsageError(f"results folder {ns.results_dir} does not exist")
+    df = load_scores(ns.results_dir)
+    if ns.model:
+        df = df[df["model"] == ns.model]
+    if ns.pattern:
+        df = df[(df["pattern"] == ns.pattern) | df["pattern"].isna()]
+    if ns.csv:
+        df.to_csv(sys.stdout, index=False)
+    else:
+        sys.stdout.write(to_markdown(glue_table(df)))
+    return 0
+
+
+def _verify(ns: argparse.Namespace) -> int:
+    from .verify import verify_results
+
+    checks = verify_results(ns.results_dir)
+    bad = [c for c in checks if c.finished and c.problems]
+    for check in checks:
+        status = "unfinished" if not check.finished else ("ok" if check.ok else "FAIL")
+        print(f"{status:10} {check.run}")
+        for problem in check.problems:
+            print(f"{'':10}   - {problem}")
+    finished = sum(c.finished for c in checks)
+    print(f"{finished} finished run(s), {len(bad)} with problems, {len(checks) - finished} unfinished")
+    return 1 if bad else 0
+
+
+def _reproduce(ns: argparse.Namespace) -> int:
+    from .presets import get_preset
+    from .reproduce import reproduce
+
+    get_preset(ns.preset)  # unknown preset: one line, exit 2
+    try:
+        reproduce(ns.preset, ns.results_dir, ns.figures_dir, ns.glue_dir, ns.notebooks, ns.dry_run, ns.output_dir,
+                  progress_bar=not ns.quiet, log_output=not ns.quiet)
+    except RuntimeError as exc:  # a notebook failed: its executed copy says where
+        print(f"nxmlab: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``nxmlab`` parser with one subcommand per verb."""
+    from .presets import PRESETS
+    from .reproduce import NOTEBOOKS
+
+    parser = _Parser(prog="nxmlab", description="NxM (keep m of every n) sparsification study "
+                                     "toolkit. Add --debug anywhere for tracebacks.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,table,verify,reproduce}")
+    train = sub.add_parser("train", add_help=False, help="train one method on one GLUE task (nxmlab train --help)")
+    train.add_argument("args", nargs=argparse.REMAINDER)
+    train.set_defaults(func=_train)
+
+    table = sub.add_parser("table", help="print the GLUE table (or the score frame) of a results folder",
+                           description="Print the GLUE table of a results folder as markdown, or with --csv the "
+                                       "score frame: one row per finished run.")
+    table.add_argument("results_dir", help="results store, e.g. results")
+    table.add_argument("--csv", action="store_true", help="print the score frame as CSV, one row per run")
+    table.add_argument("--model", help="only runs of this model")
+    table.add_argument("--pattern", help="only runs of this n:m pattern (dense rows always shown)")
+    table.set_defaults(func=_table)
+
+    verify = sub.add_parser("verify", help="check every finished run of a results folder",
+                            description="Check every finished run of a results folder; exit 1 on any problem.")
+    verify.add_argument("results_dir", help="results store, e.g. results")
+    verify.set_defaults(func=_verify)
+
+    rep = sub.add_parser("reproduce", help="run the study notebooks of a preset with papermill",
+                         description="Execute the study notebooks (" + ", ".join(NOTEBOOKS) + ") with papermill; "
+                                     "finished runs are reused.")
+    rep.add_argument("--preset", required=True, help=f"study preset: {', '.join(PRESETS)}")
+    rep.add_argument("--results-dir", default="results", help="results store (default: results)")
+    rep.add_argument("--figures-dir", default="figures", help="figures and tables (default: figures)")
+    rep.add_argument("--glue-dir", default=None, help="GLUE Parquet mirror (default: $NXMLAB_GLUE_DIR, else the Hub)")
+    rep.add_argument("--notebooks", default=None, help=f"comma-separated subset of {','.join(NOTEBOOKS)}")
+    rep.add_argument("--output-dir", default="runs/notebooks", help="executed notebooks go to <this>/<preset>/")
+    rep.add_argument("--dry-run", action="store_true", help="print the plan (runs per notebook) and exit")
+    rep.add_argument("--quiet", action="store_true", help="no progress bar and no streamed notebook output")
+    rep.set_defaults(func=_reproduce)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nxmlab`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 0
+    try:  # train's options belong to HfArgumentParser (argparse's REMAINDER drops leading options)
+        ns = argparse.Namespace(func=_train, args=argv[1:]) if argv[:1] == ["train"] else parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from ..callbacks import NonFiniteError
+
+    try:
+        return ns.func(ns)
+    except NonFiniteError as exc:  # a numerical fault, not bad input: exit 1
+        if debug:
+            raise
+        print(f"nxmlab: error: {exc}", file=sys.stderr)
+        return 1
+    except SystemExit as exc:  # HfArgumentParser on bad train arguments or --help
+        return int(exc.code or 0)
+    except (UsageError, ValueError, OSError, ImportError) as exc:
+        if debug:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"nxmlab: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,217 @@
+"""A run's configuration: parsed and validated once, at the boundary.
+
+:class:`RunConfig` (what to run) and :class:`NxMTrainingArguments` (``TrainingArguments``
+with nxmlab's defaults) are what users fill in: the CLI, config files, presets and
+notebooks.  :meth:`RunSpec.parse` checks them and resolves every string once: the
+:class:`~nxmlab.nxm.NxM` pattern, the GLUE task spec, the registry entry of the method
+and the target components.  Below that point the recipe only reads the typed
+:class:`RunSpec`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+
+from ..admm import validate_rho
+from ..nxm import NxM
+from ..targets import COMPONENTS
+from .data import GlueTask, get_task
+from .methods import METHODS, Method, get_method, method_label
+from .store import STORE_VERSION, RunFolder, config_hash
+
+__all__ = ["RunConfig", "NxMTrainingArguments", "RunSpec", "TRAINING_KEYS"]
+
+#: TrainingArguments fields that change results; they enter the config hash.
+TRAINING_KEYS = (
+    "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
+    "max_steps", "weight_decay", "warmup_steps", "lr_scheduler_type", "max_grad_norm", "seed", "data_seed",
+    "adam_beta1", "adam_beta2", "adam_epsilon", "optim", "bf16", "fp16", "train_sampling_strategy",
+)
+
+
+@dataclass
+class RunConfig:
+    """What to run: task, method and the sparsity settings (the rest is ``TrainingArguments``)."""
+
+    task: str = field(default="rte", metadata={"help": "GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli."})
+    method: str = field(default="admm", metadata={"help": f"One of {', '.join(METHODS)}."})
+    kd: bool = field(default=False, metadata={"help": "Distil from the dense fine-tuned teacher (sparse methods)."})
+    model: str = field(default="minilm-l6", metadata={"help": "minilm-l6 (offline), tiny, bert-base, a Hub id or a folder."})
+    pattern: str = field(default="4:2", metadata={"help": "n:m, keep m of every n (the paper's 4:2 is NVIDIA's 2:4)."})
+    components: str = field(default="all", metadata={"help": f"Comma-separated subset of {','.join(COMPONENTS)}, or all."})
+    rho: float = field(default=1e-3, metadata={"help": "ADMM penalty weight (paper: 1e-3)."})
+    rho_factor: float = field(default=1.0, metadata={"help": "Multiply rho by this at every Z/U update (1 = constant)."})
+    rho_max: float | None = field(default=None, metadata={"help": "Cap of the rho schedule."})
+    admm_interval: int | None = field(default=None, metadata={"help": "Optimizer steps between Z/U updates (default: one epoch)."})
+    admm_init: str = field(default="pretrained", metadata={"help": "ADMM starts from the 'pretrained' or the 'dense' fine-tuned model."})
+    mask_source: str = field(default="dense", metadata={"help": "magnitude/unstructured: mask from the 'dense' fine-tuned or the 'pretrained' weights."})
+    retrain_epochs: float = field(default=2.0, metadata={"help": "admm: epochs of fine-tuning with the masks fixed."})
+    dense_epochs: float | None = field(default=None, metadata={"help": "Epochs of the dense teacher/start run (default: num_train_epochs)."})
+    max_seq_length: int = field(default=128, metadata={"help": "Tokens per example (dynamic padding)."})
+    kd_temperature: float = field(default=2.0, metadata={"help": "KD softmax temperature."})
+    kd_alpha: float = field(default=0.5, metadata={"help": "KD weight of the teacher term in [0, 1]."})
+    train_limit: int | None = field(default=None, metadata={"help": "Use only the first N training examples (smoke tests)."})
+    eval_limit: int | None = field(default=None, metadata={"help": "Use only the first N validation examples (smoke tests)."})
+    glue_dir: str | None = field(default=None, metadata={"help": "GLUE Parquet mirror (default: $NXMLAB_GLUE_DIR, else the Hub)."})
+    results_dir: str = field(default="results", metadata={"help": "Results store root."})
+    log_interval: int = field(default=50, metadata={"help": "Optimizer steps between ADMM dynamics records."})
+    overwrite: bool = field(default=False, metadata={"help": "Re-run even if an identical finished run exists."})
+    teacher: str | None = field(default=None, metadata={"help": "KD teacher: a model folder or a finished dense run folder (default: the dense run of this task, model and seed, trained if missing)."})
+
+
+@dataclass
+class NxMTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with nxmlab's defaults (batch 32, lr 5e-5, 10% warm-up,
+    length-grouped batches, checkpoints every 50 steps).
+
+    ``output_dir`` is set by nxmlab for each phase; ``num_train_epochs`` is the
+    length of the main phase (dense / masked fine-tuning / ADMM).
+    """
+
+    output_dir: str | None = field(default=None, metadata={"help": "Set by nxmlab (per run and phase)."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device for evaluation."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps (a float < 1 is a fraction of all steps)."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs of the main phase."})
+    train_sampling_strategy: str = field(default="group_by_length", metadata={
+        "help": "Batches of similar length (group_by_length, the default: little padding) or random."})
+    save_strategy: str = field(default="steps", metadata={"help": "Checkpoint strategy (resume needs checkpoints)."})
+    save_steps: float = field(default=50, metadata={"help": "Optimizer steps between checkpoints."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept per phase."})
+    logging_steps: float = field(default=10, metadata={"help": "Optimizer steps between log records."})
+    logging_nan_inf_filter: bool = field(default=False, metadata={"help": "Keep NaN/Inf losses visible (nxmlab stops on them)."})
+    seed: int = field(default=42, metadata={"help": "Seed for initialisation, dropout and data order."})
+    dataloader_pin_memory: bool = field(default=torch.cuda.is_available(), metadata={"help": "Pin memory (GPU only)."})
+
+
+def _positive(name: str, value: Any, integer: bool = False) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) if integer else (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+    if not ok or value <= 0:
+        raise ValueError(f"{name} must be {'a positive integer' if integer else '> 0 and finite'}, got {value!r}")
+
+
+def _components(spec: str) -> tuple[str, ...]:
+    if spec.strip() == "all":
+        return COMPONENTS
+    parts = tuple(p.strip() for p in spec.split(",") if p.strip())
+    unknown = [p for p in parts if p not in COMPONENTS]
+    if unknown or not parts:
+        raise ValueError(f"unknown component(s) {unknown or [spec]}; choose from {', '.join(COMPONENTS)} or all")
+    return parts
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A validated run: typed fields resolved once from :class:`RunConfig` and the training arguments.
+
+    Build it with :meth:`parse`; ``cfg`` and ``args`` are kept for the plain settings.
+    """
+
+    cfg: RunConfig
+    args: TrainingArguments
+    task: GlueTask
+    method: Method
+    pattern: NxM
+    components: tuple[str, ...]
+    kd: bool
+    seed: int
+
+    @classmethod
+    def parse(cls, cfg: RunConfig, args: TrainingArguments | None = None) -> RunSpec:
+        """Check every field and resolve the strings; ``ValueError`` names the first bad field."""
+        args = args if args is not None else NxMTrainingArguments()
+        task = get_task(cfg.task)
+        method = get_method(cfg.method)
+        if cfg.kd and not method.kd:
+            raise ValueError(f"--kd does not apply to method {method.name!r} (it is the teacher)")
+        pattern = NxM.parse(cfg.pattern)
+        components = _components(cfg.components)
+        validate_rho(cfg.rho)
+        validate_rho(cfg.rho_factor, "rho_factor")
+        if cfg.rho_max is not None:
+            validate_rho(cfg.rho_max, "rho_max")
+        if cfg.admm_init not in ("pretrained", "dense"):
+            raise ValueError(f"admm_init must be 'pretrained' or 'dense', got {cfg.admm_init!r}")
+        if cfg.mask_source not in ("pretrained", "dense"):
+            raise ValueError(f"mask_source must be 'pretrained' or 'dense', got {cfg.mask_source!r}")
+        for name in ("admm_interval", "train_limit", "eval_limit", "max_seq_length", "log_interval"):
+            if getattr(cfg, name) is not None:
+                _positive(name, getattr(cfg, name), integer=True)
+        for name in ("retrain_epochs", "dense_epochs", "kd_temperature"):
+            if getattr(cfg, name) is not None:
+                _positive(name, getattr(cfg, name))
+        if not 0.0 <= cfg.kd_alpha <= 1.0:
+            raise ValueError(f"kd_alpha must be in [0, 1], got {cfg.kd_alpha}")
+        if cfg.teacher is not None and not cfg.kd:
+            raise ValueError("--teacher is only used with --kd")
+        for name in ("num_train_epochs", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps"):
+            _positive(name, getattr(args, name))
+        return cls(cfg, args, task, method, pattern, components, bool(cfg.kd), int(args.seed))
+
+    # --- identity -----------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return method_label(self.method.name, self.kd)
+
+    def epochs(self, field_name: str) -> float:
+        """A phase length by config field: ``num_train_epochs`` (args) or ``retrain_epochs`` (cfg)."""
+        return float(getattr(self.args if field_name in TRAINING_KEYS else self.cfg, field_name))
+
+    @property
+    def dense_epochs(self) -> float:
+        return float(self.cfg.dense_epochs or self.args.num_train_epochs)
+
+    def canonical(self) -> dict[str, Any]:
+        """The run's identity: every field that changes its results, and no other."""
+        cfg, args = self.cfg, self.args
+        training = {key: getattr(args, key, None) for key in TRAINING_KEYS}
+        training["num_train_epochs"] = float(args.num_train_epochs)  # 3 and 3.0 are one run
+        for key in ("lr_scheduler_type", "optim", "train_sampling_strategy"):  # enums as their values
+            training[key] = str(getattr(training[key], "value", training[key]))
+        config: dict[str, Any] = {
+            "store_version": STORE_VERSION, "task": self.task.name, "method": self.method.name, "model": cfg.model,
+            "max_seq_length": cfg.max_seq_length, "train_limit": cfg.train_limit, "eval_limit": cfg.eval_limit,
+            "training": training,
+        }
+        if self.method.sparse:
+            config.update(kd=self.kd, pattern=str(self.pattern), components=list(self.components))
+            if self.method.needs_dense(self):
+                config["dense_epochs"] = self.dense_epochs
+        if self.kd:
+            config.update(kd_temperature=cfg.kd_temperature, kd_alpha=cfg.kd_alpha)
+            if cfg.teacher is not None:
+                config["teacher"] = str(Path(cfg.teacher).resolve())
+        for option in self.method.options:
+            value = getattr(cfg, option)
+            config[option] = float(value) if option.endswith("_epochs") else value
+        return config
+
+    def folder(self) -> RunFolder:
+        """``<results>/<task>/<label>[-<n>x<m>][-rho<r>]-<model>-seed<S>-<hash>``."""
+        parts = [self.label]
+        if self.method.sparse:
+            parts.append(str(self.pattern).replace(":", "x"))
+        if "rho" in self.method.options:
+            parts.append(f"rho{self.cfg.rho:g}")
+        model = Path(self.cfg.model.rstrip("/")).name.replace(".", "_") or "model"
+        parts += [model, f"seed{self.seed}", config_hash(self.canonical())]
+        return RunFolder(self.cfg.results_dir, self.task.name, "-".join(parts))
+
+    def dense(self) -> RunSpec:
+        """The dense run this run starts from or distils from (same task, model, seed)."""
+        import copy
+        import dataclasses
+
+        cfg = dataclasses.replace(self.cfg, method="dense", kd=False, overwrite=False, teacher=None)
+        args = copy.deepcopy(self.args)
+        args.num_train_epochs = self.dense_epochs
+        return RunSpec.parse(cfg, args)

@@ -1,0 +1,152 @@
+"""Phase hooks: the method-specific part of a training phase, as the recipe sees it.
+
+A hooks class is named by a :class:`~nxmlab.study.methods.Train` step of the registry.
+The recipe builds it with the phase's start model and calls, in order:
+:meth:`callbacks`, :meth:`resume` (a checkpoint or ``None``), :meth:`end` when the phase
+finished, and :meth:`finish` once the run's final masks are known (also in a later
+process, when the phase had finished before a kill).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..admm import ADMM
+from ..callbacks import ADMM_STATE_FILE, ADMMCallback
+from ..nxm import nxm_mask
+from .store import RunFolder, append_jsonl, read_jsonl
+
+if TYPE_CHECKING:
+    from .config import RunSpec
+
+__all__ = ["ADMMHooks", "STAGES", "downsample_dynamics"]
+
+#: Snapshots of the target weights in ``magnitudes.parquet``.
+STAGES = {
+    "start": "start: W at the start of ADMM",
+    "admm_mid": "middle: W half-way through ADMM",
+    "admm_end": "end of ADMM: W before the hard prune",
+    "final": "end: final W (after hard prune + retraining)",
+}
+#: |w| values kept per (stage, position) in ``magnitudes.parquet``.
+MAGNITUDE_SAMPLE = 2000
+#: ``log`` records kept per ADMM phase in ``dynamics.parquet`` (every init/update record is kept).
+LOG_STEPS_KEPT = 40
+
+
+def downsample_dynamics(records: list[dict[str, Any]], log_steps: int = LOG_STEPS_KEPT) -> pd.DataFrame:
+    """The raw dynamics as a frame: every ``init``/``update`` record, ``log`` records at
+    ``log_steps`` evenly spaced steps at most; floats as float32."""
+    frame = pd.DataFrame.from_records(records)
+    if frame.empty:
+        return frame
+    logs = np.sort(frame.loc[frame["event"] == "log", "step"].unique())
+    if len(logs) > log_steps:
+        keep = set(logs[np.unique(np.linspace(0, len(logs) - 1, log_steps).round().astype(int))])
+        frame = frame[(frame["event"] != "log") | frame["step"].isin(keep)]
+    floats = frame.select_dtypes("float64").columns
+    return frame.astype({c: "float32" for c in floats if c != "epoch"}).reset_index(drop=True)
+
+
+class ADMMHooks:
+    """The ADMM phase: the ADMM state, its callback, the dynamics log and the diagnostics.
+
+    Args:
+        spec: The run.
+        folder: Its store folder.
+        model: The model at the start of the phase.
+        targets: ``targets(model) -> {name: nn.Linear}``.
+        steps_per_epoch: Optimizer steps per epoch (the default Z/U interval).
+    """
+
+    def __init__(self, spec: RunSpec, folder: RunFolder, model, targets: Callable, steps_per_epoch: int) -> None:
+        cfg = spec.cfg
+        self.spec, self.folder = spec, folder
+        self.admm = ADMM(model, targets(model), spec.pattern, rho=cfg.rho, rho_factor=cfg.rho_factor,
+                         rho_max=cfg.rho_max)
+        self.start = self._weights()
+        self.interval = cfg.admm_interval or steps_per_epoch
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone().contiguous() for name, p in self.admm.params.items()}
+
+    def _midpoint(self, step: int) -> None:
+        save_file(self._weights(), str(self.folder.mid_weights), metadata={"step": str(step)})
+
+    def callbacks(self) -> list:
+        """The Trainer callbacks of the phase."""
+        self.folder.cache.mkdir(parents=True, exist_ok=True)
+        return [ADMMCallback(self.admm, self.interval, self.spec.cfg.log_interval,
+                             record=lambda rows: append_jsonl(self.folder.raw_dynamics, rows),
+                             on_midpoint=self._midpoint)]
+
+    def resume(self, checkpoint: Path | None, step: int) -> None:
+        """Restore the ADMM state of ``checkpoint`` and drop later dynamics, or start a fresh log."""
+        raw = self.folder.raw_dynamics
+        if checkpoint is None:
+            raw.unlink(missing_ok=True)
+            return
+        self.admm.load_state_dict(torch.load(checkpoint / ADMM_STATE_FILE, weights_only=True))
+        kept = [r for r in read_jsonl(raw) if r["step"] <= step]
+        raw.unlink(missing_ok=True)
+        append_jsonl(raw, kept)
+
+    def end(self) -> None:
+        """Keep the final ADMM state and W before the prune (cache)."""
+        torch.save({**self.admm.state_dict(), "W": self._weights()}, self.folder.admm_state)
+
+    # --- at the end of the run --------------------------------------------------------
+    def finish(self, final_masks: Mapping[str, torch.Tensor], final_model) -> dict[str, Any]:
+        """Write ``dynamics.parquet`` and ``magnitudes.parquet``; return the diagnostics at the prune.
+
+        ``rel_dist_at_prune`` is ``||W - Proj(W)|| / ||W||`` over all targets with W at the
+        end of ADMM; ``flips_last_update`` the fraction of positions whose mask changed at
+        the last Z/U update; ``updates`` the number of Z/U updates.
+        """
+        records = read_jsonl(self.folder.raw_dynamics)
+        self.folder.write_frame(RunFolder.DYNAMICS, downsample_dynamics(records))
+        end = torch.load(self.folder.admm_state, weights_only=True)["W"]
+        pruned = sum(float(w.masked_fill(nxm_mask(w, self.spec.pattern), 0).float().pow(2).sum()) for w in end.values())
+        total = sum(float(w.float().pow(2).sum()) for w in end.values())
+        updates = [r for r in records if r["event"] == "update"]
+        last_step = max((r["step"] for r in updates), default=None)
+        numel = sum(w.numel() for w in end.values())
+        flips = sum(r["flips"] for r in updates if r["step"] == last_step) / numel if updates else None
+        modules = dict(final_model.named_modules())
+        snapshots = {"start": self.start, "admm_end": end,
+                     "final": {n: modules[n].weight.detach() for n in final_masks}}
+        if self.folder.mid_weights.is_file():
+            snapshots["admm_mid"] = load_file(self.folder.mid_weights)
+        self.folder.write_frame(RunFolder.MAGNITUDES, magnitude_sample(snapshots, final_masks))
+        return {"rel_dist_at_prune": math.sqrt(pruned / total) if total > 0 else 0.0,
+                "flips_last_update": flips, "updates": len({r["step"] for r in updates})}
+
+
+def magnitude_sample(snapshots: Mapping[str, Mapping[str, torch.Tensor]], masks: Mapping[str, torch.Tensor],
+                     per_group: int = MAGNITUDE_SAMPLE, seed: int = 0) -> pd.DataFrame:
+    """``stage, position (kept/pruned), abs_w``: a seeded sample of |w| at the final mask's kept
+    and pruned positions per snapshot (pruned positions of the final model are zero: left out)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for stage in STAGES:
+        weights = snapshots.get(stage)
+        if weights is None:
+            continue
+        w = np.concatenate([weights[n].detach().abs().float().flatten().numpy() for n in masks])
+        m = np.concatenate([masks[n].flatten().numpy() for n in masks])
+        for position, values in (("kept", w[m]), ("pruned", w[~m])):
+            if stage == "final" and position == "pruned":
+                continue
+            if len(values) > per_group:
+                values = rng.choice(values, per_group, replace=False)
+            parts.append(pd.DataFrame({"stage": STAGES[stage], "position": position,
+                                       "abs_w": values.astype(np.float16)}))
+    return pd.concat(parts, ignore_index=True)

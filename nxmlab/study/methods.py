@@ -1,0 +1,232 @@
+"""The method registry: what each method does, declared once.
+
+A method is a start point and a sequence of steps.  A :class:`Train` step is one
+``Trainer.train`` call (its epochs come from a named config field; ``hooks`` adds
+method-specific callbacks, e.g. ADMM's).  A :class:`Prune` step chooses the masks with
+its :class:`MaskRule` and fixes them for every later step.  Nothing outside this module
+branches on a method's name: the recipe, the presets, the store and the frames read
+these entries.
+
+Adding a method is one :class:`Method` entry in :data:`METHODS`, its mask rule, and its
+tests.
+
+================  =======================================================================
+``dense``         fine-tune ``num_train_epochs`` from the pretrained model: the KD teacher and
+                  the start point of ASP.
+``magnitude``     NVIDIA ASP: one-shot magnitude n:m mask of the dense fine-tuned model
+                  (``mask_source="pretrained"``: of the pretrained one), then
+                  ``num_train_epochs`` with the mask fixed.
+``unstructured``  the same with an unstructured magnitude mask at the same density (reference).
+``admm``          NxMTransformer: ``num_train_epochs`` of ADMM from the pretrained model (or the
+                  dense one with ``admm_init="dense"``), hard prune by projection, then
+                  ``retrain_epochs`` with the masks fixed.
+================  =======================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..masking import magnitude_nxm_masks, unstructured_masks
+from .hooks import ADMMHooks
+
+if TYPE_CHECKING:
+    from .config import RunSpec
+
+__all__ = ["METHODS", "Method", "MaskRule", "MaskContext", "Prune", "Train", "get_method", "method_label",
+           "parse_label", "LABELS"]
+
+
+@dataclass
+class MaskContext:
+    """What a mask rule may look at when it runs.
+
+    Attributes:
+        spec: The run (pattern, options).
+        model: The model as it is at the prune (after the steps before it).
+        pretrained: The pretrained model.
+        dense: The dense fine-tuned model, when the method needs it, else ``None``.
+        targets: ``targets(model) -> {name: nn.Linear}``, the run's target selection.
+    """
+
+    spec: RunSpec
+    model: Any
+    pretrained: Any
+    dense: Any | None
+    targets: Callable[[Any], Mapping[str, torch.nn.Module]]
+
+    def source(self) -> Any:
+        """The model named by the run's ``mask_source`` option (pretrained or dense)."""
+        return self.pretrained if self.spec.cfg.mask_source == "pretrained" else self.dense
+
+
+@dataclass(frozen=True)
+class MaskRule:
+    """How a method chooses its fixed masks.
+
+    Attributes:
+        name: Short name (shown in tables and the README).
+        choose: ``choose(ctx) -> {target: bool mask}``.
+        structured: The masks are exactly n:m (checked at the end of every run);
+            otherwise they keep the pattern's density per layer.
+        uses_dense: ``uses_dense(spec)``: the rule reads the dense fine-tuned model.
+    """
+
+    name: str
+    choose: Callable[[MaskContext], dict[str, torch.Tensor]]
+    structured: bool = True
+    uses_dense: Callable[[RunSpec], bool] = lambda spec: False
+
+
+def _magnitude(ctx: MaskContext) -> dict[str, torch.Tensor]:
+    return magnitude_nxm_masks(ctx.targets(ctx.source()), ctx.spec.pattern)
+
+
+def _unstructured(ctx: MaskContext) -> dict[str, torch.Tensor]:
+    return unstructured_masks(ctx.targets(ctx.source()), ctx.spec.pattern.density)
+
+
+def _projection(ctx: MaskContext) -> dict[str, torch.Tensor]:
+    return magnitude_nxm_masks(ctx.targets(ctx.model), ctx.spec.pattern)
+
+
+def _mask_source_is_dense(spec: RunSpec) -> bool:
+    return spec.cfg.mask_source == "dense"
+
+
+MAGNITUDE = MaskRule("magnitude of the mask source", _magnitude, uses_dense=_mask_source_is_dense)
+UNSTRUCTURED = MaskRule("unstructured magnitude of the mask source", _unstructured, structured=False,
+                        uses_dense=_mask_source_is_dense)
+PROJECTION = MaskRule("projection of the current weights", _projection)
+
+
+@dataclass(frozen=True)
+class Train:
+    """One training phase.
+
+    Attributes:
+        name: Phase name (``finetune``, ``admm``, ``retrain``): checkpoints, logs, timings.
+        epochs: The config field giving its length (``num_train_epochs`` or ``retrain_epochs``).
+        hooks: A class building extra callbacks for this phase (see
+            :class:`nxmlab.study.hooks.ADMMHooks`), or ``None``.
+    """
+
+    name: str
+    epochs: str = "num_train_epochs"
+    hooks: type | None = None
+
+
+@dataclass(frozen=True)
+class Prune:
+    """Choose the masks with ``rule`` and fix them for the rest of the run.
+
+    The score is evaluated right before and right after the prune.
+    """
+
+    rule: MaskRule
+
+
+@dataclass(frozen=True)
+class Method:
+    """One registry entry.
+
+    Attributes:
+        name: The ``--method`` value.
+        summary: One line for ``--help``, tables and the README.
+        steps: :class:`Train` and :class:`Prune` steps, in order.
+        start: ``start(spec)`` -> ``"pretrained"`` or ``"dense"``: the model the first step
+            starts from.
+        kd: Whether ``--kd`` (distillation from the dense model) applies.
+        options: RunConfig fields that change this method's result (its identity).
+    """
+
+    name: str
+    summary: str
+    steps: tuple[Train | Prune, ...]
+    start: Callable[[RunSpec], str] = lambda spec: "pretrained"
+    kd: bool = True
+    options: tuple[str, ...] = ()
+
+    @property
+    def sparse(self) -> bool:
+        """The method prunes (has a :class:`Prune` step)."""
+        return self.rule is not None
+
+    @property
+    def rule(self) -> MaskRule | None:
+        """The mask rule of its prune step, if any."""
+        return next((s.rule for s in self.steps if isinstance(s, Prune)), None)
+
+    @property
+    def phases(self) -> tuple[Train, ...]:
+        return tuple(s for s in self.steps if isinstance(s, Train))
+
+    @property
+    def records_dynamics(self) -> bool:
+        """A phase of the method has hooks that record training dynamics."""
+        return any(s.hooks is not None for s in self.phases)
+
+    def needs_dense(self, spec: RunSpec) -> bool:
+        """The run needs the dense fine-tuned model: as start, mask source or KD teacher."""
+        return (self.start(spec) == "dense" or (self.rule is not None and self.rule.uses_dense(spec))
+                or (spec.kd and spec.cfg.teacher is None))
+
+
+def _admm_start(spec: RunSpec) -> str:
+    return spec.cfg.admm_init
+
+
+def _dense_start(spec: RunSpec) -> str:
+    return "dense"
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to :data:`METHODS` (its name must be new)."""
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
+
+
+register(Method("dense", "fine-tune the pretrained model (the KD teacher and ASP's start)",
+                (Train("finetune"),), kd=False))
+register(Method("magnitude", "NVIDIA ASP: one-shot magnitude n:m mask of the dense model, then masked fine-tuning",
+                (Prune(MAGNITUDE), Train("finetune")), start=_dense_start, options=("mask_source",)))
+register(Method("admm", "NxMTransformer: ADMM fine-tuning towards n:m, hard prune, masked retraining",
+                (Train("admm", hooks=ADMMHooks), Prune(PROJECTION), Train("retrain", "retrain_epochs")),
+                start=_admm_start,
+                options=("rho", "rho_factor", "rho_max", "admm_interval", "admm_init", "retrain_epochs")))
+register(Method("unstructured", "reference: unstructured magnitude mask at the same density, then masked fine-tuning",
+                (Prune(UNSTRUCTURED), Train("finetune")), start=_dense_start, options=("mask_source",)))
+
+
+def get_method(name: str) -> Method:
+    """The registry entry called ``name``; ``ValueError`` lists the known ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def method_label(method: str, kd: bool) -> str:
+    """``"admm+kd"``-style label."""
+    return method + ("+kd" if kd else "")
+
+
+def parse_label(label: str) -> tuple[Method, bool]:
+    """``"admm+kd"`` -> ``(METHODS["admm"], True)``; ``ValueError`` for unknown labels."""
+    name, plus, kd = label.partition("+")
+    if name not in METHODS or (plus and kd != "kd") or (plus and not METHODS[name].kd):
+        raise ValueError(f"unknown method label {label!r}; choose from {', '.join(LABELS())}")
+    return METHODS[name], bool(plus)
+
+
+def LABELS() -> tuple[str, ...]:  # noqa: N802 - a constant that follows the registry
+    """Every method label in table order: each method, then its ``+kd`` variant."""
+    return tuple(label for m in METHODS.values() for label in ((m.name, m.name + "+kd") if m.kd else (m.name,)))

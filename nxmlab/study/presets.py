@@ -1,0 +1,266 @@
+"""Study presets: which model, tasks, seeds, methods and rho grid the notebooks run.
+
+A :class:`Preset` fixes everything the study notebooks train; :func:`preset_runs` turns
+it into the parsed :class:`~nxmlab.study.config.RunSpec` runs handed to
+:func:`nxmlab.study.recipe.run_experiment` (finished runs are reused from the results store).
+
+Studies (``preset_runs(..., study=...)``):
+
+``table``     every method label on every task and seed (the GLUE table), plus the dense
+              run whenever a sparse method needs it (teacher / start of ASP).
+``rho``       ``admm`` over ``rho_grid`` on ``rho_tasks`` (every seed).  The run at
+              ``rho`` (1e-3) is the same run as the table's ``admm`` one.
+``dynamics``  the table's ADMM runs (``admm`` and ``admm+kd`` at the default rho).
+
+Presets: ``smoke`` (seconds, the tiny random model), ``quick`` (MiniLM-L6, about 1 h 40 min
+on 2 CPU cores), ``cpu`` (MiniLM-L6, five tasks, three seeds, many hours), ``paper``
+(BERT-base on the eight GLUE tasks, needs the Hub and GPUs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .data import get_task
+from .methods import parse_label
+
+__all__ = [
+    "PRESETS",
+    "STUDIES",
+    "study_keys",
+    "Preset",
+    "get_preset",
+    "parse_label",
+    "make_run",
+    "preset_runs",
+    "resolve_preset",
+]
+
+#: Run lists a preset expands into (see the module docstring).
+STUDIES: tuple[str, ...] = ("table", "rho", "dynamics")
+
+
+def _tuple(value: Any, kind: type) -> tuple:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        value = [value] if not isinstance(value, str) else [v.strip() for v in value.split(",") if v.strip()]
+    return tuple(kind(v) for v in value)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One study configuration (every field can be overridden, see :meth:`replace`).
+
+    ``epochs`` is the main phase (dense fine-tuning, fine-tuning with a fixed magnitude
+    mask, or ADMM); ``retrain_epochs`` is ADMM's fine-tuning after the hard prune.
+    """
+
+    name: str
+    model: str
+    tasks: tuple[str, ...]
+    seeds: tuple[int, ...]
+    methods: tuple[str, ...]
+    pattern: str = "4:2"
+    epochs: float = 3.0
+    retrain_epochs: float = 2.0
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+    rho: float = 1e-3
+    rho_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+    rho_tasks: tuple[str, ...] = ("rte",)
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    save_steps: int = 50
+    log_interval: int = 50
+    logging_steps: int = 50
+    max_seq_length: int = 128
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        # accept lists (papermill parameters, CLI) and keep the dataclass hashable
+        for name, kind in (("tasks", str), ("seeds", int), ("methods", str), ("rho_grid", float), ("rho_tasks", str)):
+            object.__setattr__(self, name, _tuple(getattr(self, name), kind))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field."""
+        if not self.tasks or not self.seeds or not self.methods:
+            raise ValueError(f"preset {self.name!r} needs at least one task, seed and method")
+        for task in (*self.tasks, *self.rho_tasks):
+            get_task(task)
+        for label in self.methods:
+            parse_label(label)
+        for name in ("epochs", "retrain_epochs", "learning_rate", "rho"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        if any(not (math.isfinite(r) and r > 0) for r in self.rho_grid):
+            raise ValueError(f"rho_grid values must be > 0, got {self.rho_grid}")
+        for name in ("batch_size", "save_steps", "log_interval", "logging_steps", "max_seq_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    def replace(self, **overrides: Any) -> Preset:
+        """A copy with the given fields changed; ``None`` values are ignored (= keep)."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise ValueError(f"unknown preset field(s) {', '.join(unknown)}; fields: {', '.join(sorted(fields))}")
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, **changes) if changes else self
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Method labels in table order."""
+        from .frames import label_order
+
+        return tuple(label_order(self.methods))
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            name="smoke", model="tiny", tasks=("rte", "stsb"), seeds=(42,),
+            methods=("dense", "magnitude", "magnitude+kd", "admm", "admm+kd", "unstructured"),
+            epochs=1, retrain_epochs=1, learning_rate=1e-3, batch_size=8,
+            rho_grid=(1e-4, 1e-3, 1e-2), rho_tasks=("rte",), train_limit=32, eval_limit=16,
+            save_steps=1000, log_interval=1, logging_steps=1000,
+            description="Plumbing check: the random 2-layer 'tiny' BERT on 32 training / 16 validation "
+                        "examples; seconds per notebook, scores are meaningless.",
+        ),
+        Preset(
+            name="quick", model="minilm-l6", tasks=("rte", "mrpc", "stsb"), seeds=(42,),
+            methods=("dense", "magnitude", "admm", "admm+kd"),
+            epochs=2, retrain_epochs=1, learning_rate=5e-5, batch_size=32,
+            rho_grid=(1e-4, 1e-3, 1e-2), rho_tasks=("rte",), save_steps=50, log_interval=10,
+            description="MiniLM-L6 (offline) on the three small GLUE tasks, one seed, 2 epochs (+1 retrain for "
+                        "ADMM); about 1 h 40 min on 2 CPU cores.",
+        ),
+        Preset(
+            name="cpu", model="minilm-l6", tasks=("cola", "sst2", "mrpc", "stsb", "rte"), seeds=(42, 43, 44),
+            methods=("dense", "magnitude", "magnitude+kd", "admm", "admm+kd", "unstructured"),
+            epochs=3, retrain_epochs=2, learning_rate=5e-5, batch_size=32,
+            rho_grid=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1), rho_tasks=("rte", "mrpc"),
+            save_steps=50, log_interval=50,
+            description="MiniLM-L6 on five GLUE tasks, three seeds, every method, 3 epochs (+2 retrain for "
+                        "ADMM) and a seven-point rho grid; days on a CPU, hours on a GPU.",
+        ),
+        Preset(
+            name="paper", model="bert-base", tasks=("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"),
+            seeds=(42,), methods=("dense", "magnitude", "admm", "magnitude+kd", "admm+kd"),
+            epochs=3, retrain_epochs=2, learning_rate=5e-5, batch_size=32,
+            rho_grid=(1e-4, 1e-3, 1e-2), rho_tasks=("rte", "mrpc"), save_steps=500, log_interval=100,
+            logging_steps=100,
+            description="The paper's setting: bert-base-uncased (from the Hugging Face Hub) on the eight GLUE "
+                        "tasks, 4:2, rho 1e-3, sequence length 128, lr 5e-5, batch 32 (the paper searched "
+                        "lr <= 1e-4 and batch 16/32 per task; this preset uses one setting). Needs the Hub "
+                        "(QQP is not in the offline mirror) and GPUs.",
+        ),
+    )
+}
+
+
+def get_preset(name: str | Preset) -> Preset:
+    """The preset called ``name`` (a :class:`Preset` is returned as is)."""
+    if isinstance(name, Preset):
+        return name
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def resolve_preset(name: str | Preset, **overrides: Any) -> Preset:
+    """:func:`get_preset` then :meth:`Preset.replace` (``None`` overrides keep the preset's value)."""
+    return get_preset(name).replace(**overrides)
+
+
+def make_run(preset: Preset, task: str, label: str, seed: int, results_dir: str = "results",
+             glue_dir: str | None = None, rho: float | None = None):
+    """The parsed :class:`~nxmlab.study.config.RunSpec` of one run of ``preset``."""
+    from .config import NxMTrainingArguments, RunConfig, RunSpec
+
+    method, kd = parse_label(label)
+    cfg = RunConfig(
+        task=task, method=method.name, kd=kd, model=preset.model, pattern=preset.pattern,
+        rho=preset.rho if rho is None else float(rho), retrain_epochs=float(preset.retrain_epochs),
+        max_seq_length=preset.max_seq_length, train_limit=preset.train_limit, eval_limit=preset.eval_limit,
+        glue_dir=None if glue_dir is None else str(glue_dir), results_dir=str(results_dir),
+        log_interval=preset.log_interval,
+    )
+    args = NxMTrainingArguments(
+        num_train_epochs=float(preset.epochs), per_device_train_batch_size=preset.batch_size,
+        learning_rate=preset.learning_rate, seed=seed, save_steps=preset.save_steps,
+        logging_steps=preset.logging_steps, disable_tqdm=True, report_to="none",
+    )
+    return RunSpec.parse(cfg, args)
+
+
+def _with_dense(preset: Preset, task: str, seed: int, labels: list[str]) -> list[str]:
+    """``labels`` with ``dense`` first when one of them needs the dense run."""
+    if "dense" not in labels and any(make_run(preset, task, lb, seed).method.needs_dense(
+            make_run(preset, task, lb, seed)) for lb in labels):
+        labels = ["dense", *labels]
+    return labels
+
+
+def study_keys(preset: str | Preset, study: str | Sequence[str] = "table") -> list[tuple[str, str, int, float | None]]:
+    """``(task, label, seed, rho)`` of every run one study (or several) needs, in training order.
+
+    * ``table``: every label of the preset;
+    * ``rho``: the labels whose method has a ``rho`` option, without KD, over ``rho_grid``
+      on ``rho_tasks``;
+    * ``dynamics``: the labels whose method records training dynamics (has phase hooks).
+
+    ``rho`` is set for the rho sweep's runs and ``None`` elsewhere (the preset's default
+    rho); a dense run comes before the sparse runs that need it.  Duplicates are kept:
+    :func:`preset_runs` merges runs with identical configurations.
+    """
+    preset = get_preset(preset)
+    studies = STUDIES if study == "all" else ((study,) if isinstance(study, str) else tuple(study))
+    for name in studies:
+        if name not in STUDIES:
+            raise ValueError(f"unknown study {name!r}; choose from {', '.join(STUDIES)} or all")
+    wanted: list[tuple[str, str, int, float | None]] = []
+    for name in studies:
+        if name == "rho":
+            swept = [lb for lb in preset.labels if "rho" in parse_label(lb)[0].options and not parse_label(lb)[1]]
+            wanted += [(task, label, seed, rho) for task in preset.rho_tasks for seed in preset.seeds
+                       for label in swept for rho in sorted(preset.rho_grid)]
+            continue
+        for task in preset.tasks:
+            for seed in preset.seeds:
+                labels = list(preset.labels)
+                if name == "dynamics":
+                    labels = [lb for lb in labels if parse_label(lb)[0].records_dynamics]
+                wanted += [(task, label, seed, None) for label in _with_dense(preset, task, seed, labels)]
+    return wanted
+
+
+def preset_runs(preset: str | Preset, study: str | Sequence[str] = "table", results_dir: str = "results",
+                glue_dir: str | None = None) -> list:
+    """The runs of one study (or several, deduplicated), in training order.
+
+    Args:
+        preset: A :class:`Preset` or its name.
+        study: ``"table"``, ``"rho"``, ``"dynamics"``, a list of them, or ``"all"``.
+        results_dir: Results store root written into each run.
+        glue_dir: GLUE mirror (``None``: ``$NXMLAB_GLUE_DIR``, else the Hub).
+
+    Returns:
+        Parsed :class:`~nxmlab.study.config.RunSpec` runs; a dense run comes before the
+        sparse runs that need it, and a run shared by two studies appears once.
+    """
+    preset = get_preset(preset)
+    runs, seen = [], set()
+    for task, label, seed, rho in study_keys(preset, study):
+        spec = make_run(preset, task, label, seed, results_dir, glue_dir, rho)
+        key = spec.folder().path
+        if key not in seen:
+            seen.add(key)
+            runs.append(spec)
+    return runs

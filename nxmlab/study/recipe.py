@@ -1,0 +1,350 @@
+"""One run of one method on one GLUE task, on ``transformers.Trainer``, into the results store.
+
+``run_experiment(RunConfig(...), NxMTrainingArguments(...))`` parses the config once
+(:class:`~nxmlab.study.config.RunSpec`), trains or reuses the dense run the method needs,
+then walks the method's steps from the registry (:mod:`nxmlab.study.methods`):
+each :class:`~nxmlab.study.methods.Train` step is one ``Trainer.train`` call with its own
+checkpoints, each :class:`~nxmlab.study.methods.Prune` step fixes the masks its rule
+chooses.  A killed run restarts from the newest complete checkpoint of its current
+phase, with the optimizer, scheduler, RNG and ADMM states, and skips finished phases.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainerCallback
+from transformers.utils import logging as hf_logging
+
+from .. import __version__
+from ..callbacks import (
+    CheckpointMarker,
+    DistillationTrainer,
+    FiniteGuard,
+    FixedMaskCallback,
+    NonFiniteError,
+    last_complete_checkpoint,
+)
+from ..masking import apply_masks, magnitude_nxm_masks
+from ..nxm import is_nxm
+from ..targets import select_targets
+from .config import NxMTrainingArguments, RunConfig, RunSpec
+from .data import load_glue, tokenize_glue
+from .frames import mask_distance_table
+from .methods import MaskContext, Prune
+from .metrics import compute_metrics_fn, glue_score
+from .models import load_model_and_tokenizer
+from .store import RunFolder, StoreVersionError, save_masks
+
+__all__ = ["run_experiment", "NonFiniteError"]
+
+logger = logging.getLogger(__name__)
+
+_TIMING_KEYS = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time", "epoch")
+
+
+class _Run:
+    """One run: data, models and the walk through the method's steps."""
+
+    def __init__(self, spec: RunSpec, callbacks: Sequence[TrainerCallback]) -> None:
+        self.spec, self.folder = spec, spec.folder()
+        self.extra_callbacks = list(callbacks)
+        self.state = self.folder.state()
+
+    # --- data and models ----------------------------------------------------------------
+    def setup(self) -> None:
+        """Load and check everything the run needs; writes nothing."""
+        spec, cfg = self.spec, self.spec.cfg
+        self.pretrained, self.tokenizer = load_model_and_tokenizer(
+            cfg.model, spec.task.num_labels, is_regression=spec.task.is_regression, seed=spec.seed)
+        raw = load_glue(spec.task.name, spec.task.train_split, cfg.glue_dir, limit=cfg.train_limit)
+        self.train = tokenize_glue(raw, spec.task, self.tokenizer, cfg.max_seq_length)
+        self.evals, self.eval_idx = {}, {}
+        for split in spec.task.eval_splits:
+            raw = load_glue(spec.task.name, split, cfg.glue_dir, limit=cfg.eval_limit)
+            self.eval_idx[split] = list(raw["idx"]) if "idx" in raw.column_names else list(range(len(raw)))
+            self.evals[split] = tokenize_glue(raw, spec.task, self.tokenizer, cfg.max_seq_length)
+        self.collator = DataCollatorWithPadding(self.tokenizer)
+        if spec.method.sparse:
+            self.targets(self.pretrained)  # n must divide every target's width
+        self.teacher_model = self.load_teacher(Path(cfg.teacher)) if spec.kd and cfg.teacher else None
+
+    def targets(self, model):
+        return select_targets(model, self.spec.components, pattern=self.spec.pattern)
+
+    @staticmethod
+    def load_saved(folder: Path):
+        return AutoModelForSequenceClassification.from_pretrained(folder)
+
+    def load_teacher(self, path: Path):
+        candidates = [path / "model", RunFolder.at(path).model_dir, path]
+        folder = next((c for c in candidates if (c / "config.json").is_file()), None)
+        if folder is None:
+            raise ValueError(f"--kd needs a dense teacher, and {path} is neither a model folder nor a finished dense run")
+        teacher = self.load_saved(folder)
+        self.check_teacher(teacher, folder)
+        return teacher
+
+    def check_teacher(self, teacher, folder: Path | None = None) -> None:
+        """Raise ``ValueError`` unless ``teacher`` can teach this run's model on this task."""
+        if teacher is None:
+            raise ValueError("--kd needs a dense teacher for this task, model and seed, and none is available")
+        t_labels, s_labels = teacher.config.num_labels, self.pretrained.config.num_labels
+        if t_labels != s_labels:
+            raise ValueError(f"teacher has {t_labels} labels but the student has {s_labels}")
+        same_vocab = teacher.config.vocab_size == self.pretrained.config.vocab_size
+        if same_vocab and folder is not None and any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+            from transformers import AutoTokenizer
+
+            same_vocab = AutoTokenizer.from_pretrained(folder).get_vocab() == self.tokenizer.get_vocab()
+        if not same_vocab:
+            raise ValueError("teacher and student use different tokenizers (their vocabularies differ)")
+
+    # --- bookkeeping ----------------------------------------------------------------------
+    def save_state(self) -> None:
+        self.folder.write_json(RunFolder.STATE, self.state)
+
+    def steps_per_epoch(self) -> int:
+        args = self.spec.args
+        batches = math.ceil(len(self.train) / (args.per_device_train_batch_size * max(args.world_size, 1)))
+        return math.ceil(batches / args.gradient_accumulation_steps)
+
+    def evaluate(self, key: str, model, predictions: bool = False) -> dict[str, dict[str, float]]:
+        """Evaluate every validation split (cached in ``state.json``, except with ``predictions``)."""
+        if key in self.state["eval"] and not predictions:
+            return self.state["eval"][key]
+        args = copy.deepcopy(self.spec.args)
+        args.output_dir = str(self.folder.checkpoint_dir("eval"))
+        args.disable_tqdm = True
+        trainer = Trainer(model=model, args=args, data_collator=self.collator,
+                          compute_metrics=compute_metrics_fn(self.spec.task))
+        result, frames = {}, []
+        for split, dataset in self.evals.items():
+            out = trainer.predict(dataset, metric_key_prefix="eval")
+            result[split] = {k.removeprefix("eval_"): float(v) for k, v in out.metrics.items()
+                             if isinstance(v, (int, float)) and not k.endswith(_TIMING_KEYS)}
+            if not math.isfinite(result[split].get("loss", 0.0)):
+                raise NonFiniteError(f"non-finite evaluation loss on {split} at '{key}' of {self.folder.path}")
+            logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
+            values = logits[:, 0] if self.spec.task.is_regression else logits.argmax(-1)
+            frames.append(pd.DataFrame({"split": split, "idx": self.eval_idx[split], "prediction": values}))
+        if predictions:
+            self.folder.write_frame(RunFolder.PREDICTIONS, pd.concat(frames, ignore_index=True))
+        self.state["eval"][key] = result
+        self.save_state()
+        logger.info("%s %s: score %.4f", self.folder.name, key, self.score(result))
+        return result
+
+    def score(self, result: dict[str, dict[str, float]]) -> float:
+        return sum(glue_score(self.spec.task, m) for m in result.values()) / len(result)
+
+    # --- phases -----------------------------------------------------------------------------
+    def phase(self, step, model, fixed, teacher, hooks):
+        """Train one phase, or load its result if it finished before."""
+        folder = self.folder.phase_dir(step.name)
+        if step.name in self.state["phases"]:
+            return self.load_saved(folder)
+        args = copy.deepcopy(self.spec.args)
+        args.output_dir = str(self.folder.checkpoint_dir(step.name))
+        args.num_train_epochs = self.spec.epochs(step.epochs)
+        callbacks = [*(hooks.callbacks() if hooks else []), *([FixedMaskCallback(fixed)] if fixed else []),
+                     *self.extra_callbacks, FiniteGuard(step.name), CheckpointMarker(step.name)]
+        kwargs: dict[str, Any] = dict(model=model, args=args, train_dataset=self.train, data_collator=self.collator,
+                                      processing_class=self.tokenizer, callbacks=callbacks)
+        if teacher is not None:
+            trainer = DistillationTrainer(**kwargs, teacher=teacher, temperature=self.spec.cfg.kd_temperature,
+                                          alpha=self.spec.cfg.kd_alpha)
+        else:
+            trainer = Trainer(**kwargs)
+        checkpoint = last_complete_checkpoint(args.output_dir)
+        start_step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+        if checkpoint is not None:
+            logger.info("resuming phase '%s' of %s from %s", step.name, self.folder.name, checkpoint.name)
+        if hooks:
+            hooks.resume(checkpoint, start_step)
+        tic = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        seconds = time.perf_counter() - tic
+        if hooks:
+            hooks.end()
+        steps = trainer.state.global_step
+        per_step = seconds / max(steps - start_step, 1)
+        self.folder.append_log([{"phase": step.name, **r} for r in trainer.state.log_history])
+        tmp = folder.with_name(f".{step.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        self.state["phases"][step.name] = {
+            "epochs": args.num_train_epochs, "steps": steps, "seconds": seconds, "seconds_per_step": per_step,
+            "seconds_per_epoch": per_step * trainer.state.max_steps / args.num_train_epochs,
+            "resumed_from_step": start_step,
+        }
+        self.save_state()
+        shutil.rmtree(self.folder.checkpoint_dir(step.name), ignore_errors=True)
+        return model
+
+    def run(self, dense: RunFolder | None) -> dict[str, Any]:
+        spec = self.spec
+        dense_model = self.load_saved(dense.model_dir) if dense is not None else None
+        teacher = None
+        if spec.kd:
+            teacher = self.teacher_model if self.teacher_model is not None else dense_model
+            self.check_teacher(teacher, None if self.teacher_model is not None else dense.model_dir)
+        references: dict[str, dict[str, torch.Tensor]] = {}
+        if spec.method.sparse:
+            references["pretrained_magnitude"] = magnitude_nxm_masks(self.targets(self.pretrained), spec.pattern)
+            if dense_model is not None:
+                references["dense_magnitude"] = magnitude_nxm_masks(self.targets(dense_model), spec.pattern)
+        model = copy.deepcopy(dense_model) if spec.method.start(spec) == "dense" else self.pretrained
+        fixed = masks = None
+        all_hooks = []
+        for step in spec.method.steps:
+            if isinstance(step, Prune):
+                self.evaluate("before_prune", model)
+                masks = step.rule.choose(MaskContext(spec, model, self.pretrained, dense_model, self.targets))
+                fixed = apply_masks(model, masks)
+                self.evaluate("after_prune", model)
+                continue
+            hooks = step.hooks(spec, self.folder, model, self.targets, self.steps_per_epoch()) if step.hooks else None
+            trained = self.phase(step, model, fixed, teacher, hooks)
+            if trained is not model and masks is not None:  # loaded from disk: fix the masks on it
+                fixed.remove()
+                fixed = apply_masks(trained, masks)
+            model = trained
+            all_hooks += [hooks] if hooks else []
+        if fixed is not None:
+            fixed.remove()
+        final = self.evaluate("final", model, predictions=True)
+        return self.finish(model, final, masks, references, all_hooks, dense)
+
+    def finish(self, model, final, masks, references, all_hooks, dense: RunFolder | None) -> dict[str, Any]:
+        spec, folder = self.spec, self.folder
+        sparsity: dict[str, float] = {}
+        diagnostics: dict[str, Any] = {}
+        distances: dict[str, float] = {}
+        if masks is not None:
+            targets = self.targets(model)
+            sparsity = {n: float((m.weight == 0).float().mean()) for n, m in targets.items()}
+            if spec.method.rule.structured:
+                bad = [n for n, m in targets.items() if not is_nxm(m.weight, spec.pattern)]
+            else:
+                bad = [n for n, m in targets.items() if bool((m.weight.detach()[~masks[n]] != 0).any())]
+            if bad:
+                raise RuntimeError(f"run failed its sparsity check: {len(bad)} target(s) break {spec.pattern!r}, "
+                                   f"e.g. {bad[0]}")
+            save_masks(folder.masks_file, {**references, "final": masks})
+            folder.write_mask_sample({**references, "final": masks}, spec.pattern.n)
+            tables = [mask_distance_table(masks, ref).assign(reference=name) for name, ref in references.items()]
+            frame = pd.concat(tables, ignore_index=True)
+            folder.write_frame(RunFolder.MASK_DISTANCES, frame)
+            distances = {name: float(t["differ"].sum() / t["kept"].sum()) for name, t in
+                         zip(references, tables, strict=True)}
+            for hooks in all_hooks:
+                diagnostics.update(hooks.finish(masks, model))
+        # the final model, copied into the cache (phase folders stay until metrics.json is
+        # written, so a kill anywhere in here leaves a run that resumes)
+        last = list(self.state["phases"])[-1]
+        target, tmp = folder.model_dir, folder.cache / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(folder.phase_dir(last), tmp)
+        self.tokenizer.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        metrics = {
+            "status": "finished", "store_version": spec.canonical()["store_version"], "nxmlab_version": __version__,
+            "config_hash": folder.name.rsplit("-", 1)[-1],
+            "task": spec.task.name, "method": spec.method.name, "kd": spec.kd, "model": spec.cfg.model,
+            "seed": spec.seed, "pattern": str(spec.pattern) if spec.method.sparse else None,
+            "rho": spec.cfg.rho if "rho" in spec.method.options else None,
+            "score": self.score(final), "eval": self.state["eval"], "phases": self.state["phases"],
+            "seconds": sum(p["seconds"] for p in self.state["phases"].values()),
+            "sparsity": {"mean": sum(sparsity.values()) / len(sparsity) if sparsity else 0.0, "targets": sparsity},
+            "is_nxm": (not bad) if masks is not None and spec.method.rule.structured else None,
+            "mask_distance": distances, "diagnostics": diagnostics,
+            "dense_run": dense.rel if dense is not None else None,
+        }
+        folder.write_json(RunFolder.METRICS, metrics)
+        shutil.rmtree(folder.cache / "phases", ignore_errors=True)  # the final model stays in model/
+        shutil.rmtree(folder.cache / "checkpoints", ignore_errors=True)
+        return metrics
+
+
+def _check_writable(folder: Path) -> None:
+    """Raise ``ValueError`` unless ``folder`` exists writable or can be created."""
+    import os
+
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write to results folder {folder} ({probe} is not a writable folder)")
+
+
+def run_experiment(cfg: RunConfig | RunSpec, args: NxMTrainingArguments | None = None,
+                   callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
+    """Train one method on one GLUE task, record everything, and return ``metrics.json``.
+
+    A finished identical run is reused (unless ``cfg.overwrite``); an unfinished one
+    resumes.  Methods that need the dense model train or reuse it first.  Every input
+    is checked (config, data, model, targets, teacher) before anything is written; a
+    failure then leaves the results folder as it was.
+
+    Args:
+        cfg: What to run (or an already parsed :class:`RunSpec`).
+        args: Training arguments (default: :class:`NxMTrainingArguments`).
+        callbacks: Extra ``TrainerCallback`` objects for every training phase.
+
+    Raises:
+        ValueError: bad configuration or input (nothing written).
+        FileNotFoundError: missing GLUE data (nothing written).
+        NonFiniteError: NaN/Inf during training; the last good checkpoint is kept.
+    """
+    spec = cfg if isinstance(cfg, RunSpec) else RunSpec.parse(cfg, args)
+    _check_writable(Path(spec.cfg.results_dir))
+    folder = spec.folder()
+    if not spec.cfg.overwrite:
+        try:
+            folder.config()
+        except StoreVersionError as exc:
+            raise ValueError(str(exc)) from exc
+        if folder.finished:
+            logger.info("reusing finished run %s", folder.path)
+            return folder.metrics()
+
+    run = _Run(spec, callbacks)
+    run.setup()
+
+    dense = None
+    if spec.method.needs_dense(spec):
+        dense_spec = spec.dense()
+        dense = dense_spec.folder()
+        if dense.finished and not (dense.model_dir / "config.json").is_file():
+            logger.info("dense run %s has no saved model (fresh clone?): training it again", dense.path)
+            dense_spec.cfg.overwrite = True
+        run_experiment(dense_spec, callbacks=callbacks)
+
+    with folder.lock():
+        if folder.finished and not spec.cfg.overwrite:  # finished by another process meanwhile
+            return folder.metrics()
+        if spec.cfg.overwrite:
+            shutil.rmtree(folder.path, ignore_errors=True)
+            shutil.rmtree(folder.cache, ignore_errors=True)
+            run.state = {"phases": {}, "eval": {}}
+        folder.write_json(RunFolder.CONFIG, spec.canonical())
+        bars = hf_logging.is_progress_bar_enabled()  # keep Trainer's bar, not the shard-writing bars
+        hf_logging.disable_progress_bar()
+        try:
+            return run.run(dense)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()

@@ -1,0 +1,368 @@
+"""The results store (version 2): the only module that knows run-folder file names.
+
+A run lives in two folders with the same relative name ``<task>/<run name>``:
+
+* the **run folder** under the results directory, small and committed
+  (a finished MiniLM run is well under 250 KB);
+* the **cache folder** under :func:`cache_root`, large and never committed: weights,
+  full masks, checkpoints and the raw dynamics log.
+
+=========================  =========  ====================================================
+file                       where      what
+=========================  =========  ====================================================
+``config.json``            run        the canonical configuration; its hash names the run
+``state.json``             run        progress: finished phases and their evaluations
+``metrics.json``           run        written last, atomically: present means finished
+``predictions.parquet``    run        per-example validation predictions (``idx``, ``prediction``)
+``dynamics.parquet``       run        ADMM dynamics per target: every Z/U update, logs downsampled
+``mask_distances.parquet`` run        per-target distance of the final mask to each reference mask
+``mask_sample.npz``        run        final and reference masks on a fixed 1/64 sample of groups
+``magnitudes.parquet``     run        a sample of |w| at kept/pruned positions (ADMM runs)
+``log.jsonl``              run        the Trainer's log history, per phase
+``model/``                 cache      final weights (the KD teacher and start of ASP)
+``phases/<phase>/``        cache      each finished phase's weights (resume)
+``checkpoints/<phase>/``   cache      Trainer checkpoints while a phase runs
+``masks.npz``              cache      full final and reference masks, bit-packed
+``dynamics.jsonl``         cache      the raw ADMM dynamics, appended while training
+``admm_state.pt``          cache      the ADMM state and W at the end of the ADMM phase
+=========================  =========  ====================================================
+
+Every file is written through :func:`atomic_write` (temporary file, fsync, rename), so
+a killed run never leaves a torn file behind, and one run is written by one process at
+a time (:meth:`RunFolder.lock`, a ``filelock`` lock in the cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..nxm import pack_mask, unpack_mask
+
+__all__ = [
+    "STORE_VERSION",
+    "CACHE_ENV",
+    "RunFolder",
+    "StoreVersionError",
+    "atomic_write",
+    "atomic_write_json",
+    "append_jsonl",
+    "cache_root",
+    "config_hash",
+    "iter_runs",
+    "load_masks",
+    "mask_sample",
+    "read_json",
+    "read_jsonl",
+    "save_masks",
+]
+
+#: Bumped when the layout or the meaning of a stored field changes.
+STORE_VERSION = 2
+#: Environment variable naming the cache root (default: ``.nxmlab-cache/<results name>`` beside the results).
+CACHE_ENV = "NXMLAB_CACHE_DIR"
+#: One group in this many goes into ``mask_sample.npz``.
+SAMPLE_EVERY = 64
+
+
+class StoreVersionError(ValueError):
+    """A run folder written by another store version."""
+
+
+# ----------------------------------------------------------------------------- files
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Short, stable hash of a JSON-able config (key order does not matter)."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | Callable[[Path], None]) -> None:
+    """Write ``path`` atomically: to a temporary file in its folder, fsync, then rename.
+
+    Args:
+        path: The target file.
+        data: The bytes, or a function that writes the temporary file it is given
+            (e.g. ``lambda tmp: frame.to_parquet(tmp)``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if isinstance(data, (bytes, bytearray)):
+                fh.write(data)
+        if callable(data):
+            data(Path(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; shared stores need the umask
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
+    """Read a JSON file, or return ``default`` when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return default
+    return json.loads(path.read_text())
+
+
+def append_jsonl(path: str | os.PathLike[str], records: list[Mapping[str, Any]]) -> None:
+    """Append records to a JSON-lines file (flushed and fsynced)."""
+    if not records:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        for record in records:
+            fh.write(json.dumps(record, default=float) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read a JSON-lines file; a torn last line (from a kill mid-write) is dropped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+def save_masks(path: str | os.PathLike[str], mask_sets: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    """Save named sets of bool masks bit-packed into one ``.npz``, atomically.
+
+    Args:
+        path: Target file.
+        mask_sets: ``{set name: {module name: bool mask}}``, e.g. ``{"final": masks}``.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for set_name, masks in mask_sets.items():
+        for name, mask in masks.items():
+            packed, shape = pack_mask(mask)
+            arrays[f"{set_name}/{name}"] = packed.numpy()
+            arrays[f"{set_name}/{name}/shape"] = np.asarray(shape, dtype=np.int64)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write(path, buffer.getvalue())
+
+
+def load_masks(path: str | os.PathLike[str], set_name: str | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """Load masks saved by :func:`save_masks` (optionally one set only)."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    with np.load(path) as data:
+        for key in data.files:
+            if key.endswith("/shape"):
+                continue
+            group, name = key.split("/", 1)
+            if set_name is not None and group != set_name:
+                continue
+            shape = tuple(int(s) for s in data[f"{key}/shape"])
+            out.setdefault(group, {})[name] = unpack_mask(torch.from_numpy(data[key]), shape)
+    return out
+
+
+def _sample_rows(name: str, shape: tuple[int, ...], n: int) -> torch.Tensor:
+    """The groups of ``name`` that :func:`mask_sample` keeps: fixed by the name and shape."""
+    groups = int(np.prod(shape)) // n
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{name}:{tuple(shape)}".encode()))
+    count = max(1, groups // SAMPLE_EVERY)
+    return torch.randperm(groups, generator=generator)[:count].sort().values
+
+
+def mask_sample(masks: Mapping[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """The masks on a fixed sample of 1 in :data:`SAMPLE_EVERY` groups of ``n`` positions.
+
+    The sample depends only on the target's name and shape, so two runs of the same
+    model are sampled at the same positions and their sampled masks can be compared:
+    the fraction of differing kept positions on the sample estimates the full one
+    (standard error below 0.002 for MiniLM).
+    """
+    return {name: mask.reshape(-1, n)[_sample_rows(name, tuple(mask.shape), n)].reshape(-1)
+            for name, mask in masks.items()}
+
+
+# ------------------------------------------------------------------------------ layout
+def cache_root(results_dir: str | os.PathLike[str]) -> Path:
+    """Where the large files of ``results_dir`` go: ``$NXMLAB_CACHE_DIR/<results name>``, or
+    ``.nxmlab-cache/<results name>`` beside ``results_dir``."""
+    results = Path(results_dir).absolute()
+    base = os.environ.get(CACHE_ENV)
+    return (Path(base) if base else results.parent / ".nxmlab-cache") / results.name
+
+
+class RunFolder:
+    """The files of one run: ``path`` (committed) and ``cache`` (large, ignored).
+
+    Args:
+        results_dir: The results store root.
+        task: GLUE task (first folder level).
+        name: Run folder name.
+    """
+
+    CONFIG = "config.json"
+    STATE = "state.json"
+    METRICS = "metrics.json"
+    PREDICTIONS = "predictions.parquet"
+    DYNAMICS = "dynamics.parquet"
+    MASK_DISTANCES = "mask_distances.parquet"
+    MASK_SAMPLE = "mask_sample.npz"
+    MAGNITUDES = "magnitudes.parquet"
+    LOG = "log.jsonl"
+
+    def __init__(self, results_dir: str | os.PathLike[str], task: str, name: str) -> None:
+        self.results_dir = Path(results_dir)
+        self.task, self.name = task, name
+        self.path = self.results_dir / task / name
+        self.cache = cache_root(self.results_dir) / task / name
+
+    @classmethod
+    def at(cls, path: str | os.PathLike[str]) -> RunFolder:
+        """The run whose committed folder is ``path`` (``<results>/<task>/<name>``)."""
+        path = Path(path)
+        return cls(path.parent.parent, path.parent.name, path.name)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @property
+    def rel(self) -> str:
+        """``<task>/<name>``: the run's name relative to the results directory."""
+        return f"{self.task}/{self.name}"
+
+    def file(self, name: str) -> Path:
+        """A committed file of the run (one of the class constants)."""
+        return self.path / name
+
+    # --- cache paths ---------------------------------------------------------------
+    @property
+    def model_dir(self) -> Path:
+        return self.cache / "model"
+
+    def phase_dir(self, phase: str) -> Path:
+        return self.cache / "phases" / phase
+
+    def checkpoint_dir(self, phase: str) -> Path:
+        return self.cache / "checkpoints" / phase
+
+    @property
+    def masks_file(self) -> Path:
+        return self.cache / "masks.npz"
+
+    @property
+    def raw_dynamics(self) -> Path:
+        return self.cache / "dynamics.jsonl"
+
+    @property
+    def admm_state(self) -> Path:
+        return self.cache / "admm_state.pt"
+
+    @property
+    def mid_weights(self) -> Path:
+        return self.cache / "weights_admm_mid.safetensors"
+
+    # --- reading ----------------------------------------------------------------------
+    def config(self) -> dict[str, Any] | None:
+        """``config.json``, or ``None``; raises :class:`StoreVersionError` for another store version."""
+        config = read_json(self.file(self.CONFIG))
+        if config is not None and config.get("store_version") != STORE_VERSION:
+            raise StoreVersionError(
+                f"{self.path} was written by store version {config.get('store_version')}, and this nxmlab "
+                f"reads version {STORE_VERSION} only; retrain it (nxmlab train ... --overwrite) or move it away")
+        return config
+
+    def metrics(self) -> dict[str, Any] | None:
+        """``metrics.json`` of a finished run, else ``None``."""
+        metrics = read_json(self.file(self.METRICS))
+        return metrics if metrics and metrics.get("status") == "finished" else None
+
+    @property
+    def finished(self) -> bool:
+        """True once ``metrics.json`` records a finished run."""
+        return self.metrics() is not None
+
+    def state(self) -> dict[str, Any]:
+        return read_json(self.file(self.STATE), {"phases": {}, "eval": {}})
+
+    def read_frame(self, name: str) -> pd.DataFrame | None:
+        """A committed parquet frame of the run, or ``None`` when the run has none."""
+        path = self.file(name)
+        return pd.read_parquet(path) if path.is_file() else None
+
+    def mask_sample(self) -> dict[str, dict[str, torch.Tensor]]:
+        """``{set name: {target: sampled bool mask}}`` from ``mask_sample.npz`` (empty if none)."""
+        path = self.file(self.MASK_SAMPLE)
+        if not path.is_file():
+            return {}
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        with np.load(path) as data:
+            for key in data.files:
+                if key.endswith("/size"):
+                    continue
+                group, name = key.split("/", 1)
+                size = int(data[f"{key}/size"])
+                out.setdefault(group, {})[name] = unpack_mask(torch.from_numpy(data[key]), (size,))
+        return out
+
+    # --- writing ----------------------------------------------------------------------
+    def write_json(self, name: str, obj: Any) -> None:
+        atomic_write_json(self.file(name), obj)
+
+    def write_frame(self, name: str, frame: pd.DataFrame) -> None:
+        """Write a committed parquet frame (zstd, no index), atomically."""
+        atomic_write(self.file(name), lambda tmp: frame.to_parquet(tmp, index=False, compression="zstd"))
+
+    def write_mask_sample(self, mask_sets: Mapping[str, Mapping[str, torch.Tensor]], n: int) -> None:
+        """Write :func:`mask_sample` of each named mask set into ``mask_sample.npz``."""
+        arrays: dict[str, np.ndarray] = {}
+        for set_name, masks in mask_sets.items():
+            for name, sample in mask_sample(masks, n).items():
+                packed, _ = pack_mask(sample)
+                arrays[f"{set_name}/{name}"] = packed.numpy()
+                arrays[f"{set_name}/{name}/size"] = np.asarray(sample.numel(), dtype=np.int64)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        atomic_write(self.file(self.MASK_SAMPLE), buffer.getvalue())
+
+    def append_log(self, records: list[Mapping[str, Any]]) -> None:
+        append_jsonl(self.file(self.LOG), records)
+
+    def lock(self):
+        """An exclusive ``filelock`` lock of this run across processes (in the cache)."""
+        from filelock import FileLock
+
+        self.cache.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.cache.parent / f".{self.name}.lock"))
+
+
+def iter_runs(results_dir: str | os.PathLike[str]) -> Iterator[RunFolder]:
+    """Every run folder ``<results_dir>/<task>/<run>/`` holding a ``config.json``, sorted."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        return iter(())
+    return iter(RunFolder.at(p.parent) for p in sorted(root.glob(f"*/*/{RunFolder.CONFIG}")))

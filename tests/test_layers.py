@@ -1,0 +1,127 @@
+"""The package's architecture: the method layer never imports the study layer, no import
+cycles anywhere, no module far over 500 lines, and no branching on method names outside
+the registry."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "nxmlab"
+
+
+def _module(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node, except the bodies of ``if TYPE_CHECKING:`` blocks (type hints are not imports)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and getattr(child.test, "id", None) == "TYPE_CHECKING":
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every nxmlab module ``path`` imports at run time, at module level or inside functions."""
+    name = _module(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in _runtime_nodes(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("nxmlab")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("nxmlab"):
+                continue
+            found.add(target)
+            for alias in node.names:  # `from . import study` imports a module
+                if (PACKAGE.parent / Path(*f"{target}.{alias.name}".split("."))).with_suffix(".py").exists() or \
+                        (PACKAGE.parent / Path(*f"{target}.{alias.name}".split("."))).is_dir():
+                    found.add(f"{target}.{alias.name}")
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: {t for t in _imports(path) if t in modules and t != name} for name, path in modules.items()}
+
+
+def test_method_layer_never_imports_the_study():
+    graph = _graph()
+    method = [m for m in graph if not m.startswith("nxmlab.study")]
+    assert "nxmlab.nxm" in method and "nxmlab.admm" in method
+    offenders = {m: sorted(t for t in graph[m] if t.startswith("nxmlab.study")) for m in method}
+    assert not {m: t for m, t in offenders.items() if t}, offenders
+    # and at run time: importing the public API loads no study module
+    code = "import sys, nxmlab; print(sorted(m for m in sys.modules if m.startswith('nxmlab.study')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_no_import_cycle_anywhere():
+    graph = _graph()
+    cycles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                cycles.append(stack[stack.index(target):] + [target])
+            elif target not in state:
+                visit(target, [*stack, target])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, cycles
+
+
+def test_the_cycle_finder_finds_a_cycle(tmp_path, monkeypatch):
+    """The test above can fail: the same code on a package with a cycle reports it."""
+    pkg = tmp_path / "nxmlab"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .b import x\n")
+    (pkg / "b.py").write_text("def f():\n    from . import a\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    graph = _graph()
+    assert graph["nxmlab.a"] == {"nxmlab.b"} and graph["nxmlab.b"] == {"nxmlab", "nxmlab.a"}
+
+
+def test_no_branching_on_method_names_outside_the_registry():
+    pattern = re.compile(r"method\s*==|method\s+in\s*\(|method\s*!=")
+    offenders = [f"{p.relative_to(PACKAGE.parent)}:{i}" for p in PACKAGE.rglob("*.py") if p.name != "methods.py"
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not offenders, offenders
+
+
+def test_no_module_over_about_500_lines():
+    sizes = {str(p.relative_to(PACKAGE.parent)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert not {p: n for p, n in sizes.items() if n > 520}, sizes
+
+
+def test_public_api_is_importable_from_the_package():
+    import nxmlab
+
+    for name in ("NxM", "nxm_mask", "project", "is_nxm", "compress", "decompress", "ADMM", "select_targets",
+                 "apply_masks"):
+        assert hasattr(nxmlab, name), name
