@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from nxmlab.reproduce import NOTEBOOKS, execute_notebook, reproduce, venv_kernel
+from nxmlab.study.reproduce import NOTEBOOKS, execute_notebook, notebook_dir, reproduce, venv_kernel
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +24,27 @@ FIGURES = {
     "mask_distance": ["mask_distance_methods", "mask_distance_layers", "mask_distance_tasks", "mask_distance_rho",
                       "mask_distance_rho_rte"],
 }
+
+
+PARAMETERS = ["preset", "results_dir", "figures_dir", "glue_dir", "train", "tasks", "seeds", "methods", "model",
+              "pattern", "epochs", "retrain_epochs", "rho_grid", "rho_tasks"]
+SETUP = ("P = notebook.setup(preset, tasks=tasks, seeds=seeds, methods=methods, model=model, pattern=pattern, "
+         "epochs=epochs, retrain_epochs=retrain_epochs, rho_grid=rho_grid, rho_tasks=rho_tasks)")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_source_notebooks_are_thin_and_cleared(name):
+    """Sources carry no outputs; a parameters cell, then one setup call into nxmlab.study.notebook."""
+    nb = nbformat.read(notebook_dir() / f"{name}.ipynb", as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert code[0].metadata.get("tags") == ["parameters"]
+    names = [line.split("=")[0].strip() for line in code[0].source.splitlines() if line and not line.startswith("#")]
+    assert names == PARAMETERS
+    setup = " ".join(code[1].source.split())
+    assert setup.startswith("from nxmlab.study import ") and SETUP in setup.replace("( ", "(")
+    assert all("import" not in c.source for c in code[2:])
 
 
 @pytest.fixture(scope="module")

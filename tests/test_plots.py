@@ -1,20 +1,26 @@
-"""nxmlab.analysis on synthetic data: mask distances, dynamics loading, summaries and claims, plots."""
+"""nxmlab.study.plots and nxmlab.study.maskplots: on a small real store (the smoke preset,
+with its cache deleted: figures only read committed files) and on synthetic frames."""
 
 from __future__ import annotations
 
-import json
+import inspect
 import math
+import shutil
 import time
-from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from nxmlab import analysis
-from nxmlab.nxm import nxm_mask
-from nxmlab.store import save_masks
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from nxmlab.study import frames, maskplots, plots  # noqa: E402
+from nxmlab.study.methods import parse_label  # noqa: E402
 
 Q0 = "bert.encoder.layer.0.attention.self.query"
 F1 = "bert.encoder.layer.1.intermediate.dense"
@@ -24,123 +30,196 @@ def m(*bits) -> torch.Tensor:
     return torch.tensor(bits, dtype=torch.bool)
 
 
-# ----------------------------------------------------------------------------- mask distance
-def test_mask_distance_hand_computed():
-    a = m(1, 1, 0, 0)
-    assert analysis.mask_distance(a, a) == 0.0
-    assert analysis.mask_distance(a, m(0, 0, 1, 1)) == 1.0
-    assert analysis.mask_distance(a, m(1, 0, 1, 0)) == 0.5  # 1 of 2 kept positions differs
-    # equal density: |A & ~B| / |A|
-    a8, b8 = m(1, 1, 0, 0, 1, 0, 1, 0), m(1, 0, 1, 0, 1, 0, 1, 0)
-    assert analysis.mask_distance(a8, b8) == pytest.approx(1 / 4)
-    # unequal density: |A xor B| / (|A| + |B|) = 2 / 4
-    assert analysis.mask_distance(m(1, 1, 1, 0), m(1, 0, 0, 0)) == 0.5
-    assert analysis.mask_distance(m(0, 0), m(0, 0)) == 0.0
-    with pytest.raises(ValueError, match="shape"):
-        analysis.mask_distance(m(1, 0), m(1, 0, 0, 1))
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
 
 
-def test_mask_distance_table_and_weighted_overall():
-    a = {Q0: m(1, 1, 0, 0), F1: m(1, 0, 1, 0, 0, 1, 0, 1), "only.in.a": m(1)}
-    b = {Q0: m(1, 0, 1, 0), F1: m(1, 0, 1, 0, 0, 1, 0, 1)}
-    table = analysis.mask_distance_table(a, b)
-    assert list(table["module"]) == [Q0, F1]
-    assert list(table["component"]) == ["query", "ffn1"] and list(table["layer"]) == [0, 1]
-    assert list(table["distance"]) == [0.5, 0.0]
-    # weighted by kept positions: 2 differing of (2+2) + (4+4) kept
-    assert analysis.overall_distance(a, b) == pytest.approx(2 / 12)
-    assert math.isnan(analysis.overall_distance({"x": m(1)}, {"y": m(1)}))
+# ------------------------------------------------------------------------ the real store
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, glue_dir):
+    """The smoke preset's table, rho and dynamics studies: ``(scores, table, sweep)``.
+
+    The cache (weights, full masks, raw dynamics) is deleted afterwards, so every figure
+    drawn from this store is drawn from committed files only.
+    """
+    from nxmlab.study.notebook import run_study
+    from nxmlab.study.presets import get_preset
+    from nxmlab.study.store import cache_root
+
+    results = tmp_path_factory.mktemp("plots") / "results"
+    preset = get_preset("smoke")
+    scores = run_study(preset, ["table", "rho", "dynamics"], results, str(glue_dir), log=None)
+    shutil.rmtree(cache_root(results))
+    table = run_study(preset, "table", results, str(glue_dir), train=False, log=None)
+    sweep = run_study(preset, "rho", results, str(glue_dir), train=False, log=None)
+    assert len(scores) == 14 and len(table) == 12 and len(sweep) == 3
+    return scores, table, sweep
 
 
-def test_random_nxm_masks_sit_at_the_expected_distance():
-    assert analysis.random_mask_distance("4:2") == 0.5
-    assert analysis.random_mask_distance("4:1") == 0.75
-    g = torch.Generator().manual_seed(0)
-    a = nxm_mask(torch.randn(256, 256, generator=g), "4:2")
-    b = nxm_mask(torch.randn(256, 256, generator=g), "4:2")
-    assert analysis.mask_distance(a, b) == pytest.approx(0.5, abs=0.01)
+@pytest.mark.slow
+def test_write_glue_table_numbers_are_seed_summary(store, tmp_path):
+    _, table, _ = store
+    md, csv = plots.write_glue_table(table, tmp_path, ["rte", "stsb"], title="smoke")
+    summary = frames.seed_summary(table, ["rte", "stsb"])
+    written = pd.read_csv(csv)
+    assert list(written.columns) == ["label", "task", "mean", "std", "n"]
+    pd.testing.assert_frame_equal(written[["label", "task", "n"]], summary[["label", "task", "n"]].astype(
+        {"label": object, "task": object}), check_dtype=False)
+    assert np.allclose(written["mean"], summary["mean"], atol=1e-4)
+    text = md.read_text()
+    assert text.startswith("# GLUE table: smoke")
+    for row in summary.itertuples():
+        assert f"{row.mean:.1f}" in text
+    assert "| dense |" in text and "Paper claims" in text and "admm − magnitude" in text
 
 
-def test_pairwise_distances_is_symmetric_with_zero_diagonal():
-    sets = {"x": {Q0: m(1, 1, 0, 0)}, "y": {Q0: m(1, 0, 1, 0)}, "z": {Q0: m(0, 0, 1, 1)}}
-    grid = analysis.pairwise_distances(sets)
-    assert list(grid.index) == ["x", "y", "z"]
-    assert np.allclose(grid.to_numpy(), grid.to_numpy().T)
-    assert np.all(np.diag(grid.to_numpy()) == 0)
-    assert grid.loc["x", "z"] == 1.0 and grid.loc["x", "y"] == 0.5
+@pytest.mark.slow
+def test_every_figure_of_the_real_store(store, tmp_path):
+    scores, table, sweep = store
+    dyn = frames.load_dynamics(table)
+    distances = frames.load_mask_distances(table)
+    samples, sweep_samples = maskplots.mask_samples(table), maskplots.mask_samples(sweep)
+    rho_df = plots.rho_frame(sweep)
+    assert len(rho_df) == 3 and set(rho_df["label"]) == {"admm"}
+    assert "rho" in plots.prune_drop_claim(rho_df)["message"]
+    figures = {
+        "glue_table": plots.plot_glue_bars(table, ["rte", "stsb"]),
+        "rho_score": plots.plot_rho_scores(rho_df),
+        "rho_prune_stages": plots.plot_prune_stages(rho_df),
+        "rho_primal": plots.plot_primal_trajectories(plots.primal_trajectories(frames.load_dynamics(sweep))),
+        "dynamics_rel_dist": plots.plot_rel_dist(dyn),
+        "dynamics_layer_heatmap": plots.plot_layer_heatmap(dyn),
+        "dynamics_flips": plots.plot_flips(dyn, distances),
+        "weight_magnitudes": plots.plot_magnitudes(plots.load_magnitudes(table)),
+        "mask_distance_layers": maskplots.plot_layer_distances(distances, "4:2"),
+        "mask_distance_methods": maskplots.plot_matrices(maskplots.method_distances(samples, "rte", 42), "mask"),
+        "mask_distance_tasks": maskplots.plot_matrices(maskplots.task_distances(samples), "GLUE task"),
+        "mask_distance_rho": maskplots.plot_rho_distances(maskplots.rho_distances(sweep_samples, samples), "4:2"),
+        "mask_distance_rho_rte": maskplots.plot_matrices(maskplots.rho_mask_distances(sweep_samples, "rte"), "ρ"),
+    }
+    for name, fig in figures.items():
+        assert isinstance(fig, Figure), name
+        notes = [t.get_text() for ax in fig.axes for t in ax.texts if t.get_text().startswith("no ")]
+        assert not notes, (name, notes)  # every panel has data
+        paths = plots.savefig(fig, name, tmp_path)
+        assert all(p.stat().st_size > 0 for p in paths)
+    # the dynamics figures show the ADMM runs only: the labels that record dynamics
+    assert set(dyn["label"]) == {lb for lb in table["label"] if parse_label(lb)[0].records_dynamics}
+    titles = [ax.get_title() for ax in figures["dynamics_flips"].axes]
+    assert "rte admm: flips per update" in titles
+    assert figures["dynamics_flips"].axes[0].get_ylabel() == "flips (% of kept positions that changed)"
+    assert "1/64 sample" in figures["mask_distance_methods"].get_suptitle()
+    assert "1/64 sample" in figures["mask_distance_rho"].axes[0].get_ylabel()
 
 
-# ------------------------------------------------------------------------------- dynamics
-def _write_jsonl(path: Path, rows, torn: bool = False) -> None:
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    path.write_text(text + ('{"phase": "admm", "st' if torn else ""))
+@pytest.mark.slow
+def test_magnitudes_come_from_the_committed_sample(store):
+    _, table, _ = store
+    mags = plots.load_magnitudes(table)
+    admm = {lb for lb in table["label"] if parse_label(lb)[0].records_dynamics}
+    assert set(mags["label"]) == admm
+    assert mags.groupby("run")["stage"].nunique().eq(4).all()
+    final = mags[mags["stage"].str.startswith("end:")]
+    assert set(final["position"]) == {"kept"}  # pruned weights of the final model are zero: left out
+    fig = plots.plot_magnitudes(mags)
+    assert fig.get_suptitle().startswith("stsb admm seed 42")  # the first run in label, then GLUE task order
+    assert len(fig.axes) == 4
 
 
-def _dyn_rows():
-    rows = []
-    for step, event in ((0, "init"), (1, "log"), (2, "update")):
-        for target, primal in ((Q0, 3.0), (F1, 4.0)):
-            row = {"phase": "admm", "step": step, "epoch": step / 2, "event": event, "target": target,
-                   "rho": 1e-3, "primal": primal + step, "rel_dist": 0.3 - 0.1 * step, "near_zero": 0.0,
-                   "penalty": 0.1}
-            if event == "update":
-                row.update(dual=0.01, flips=2 if target == Q0 else 4, rho_used=1e-3)
-            rows.append(row)
-    return rows
+@pytest.mark.slow
+def test_sampled_mask_distances_on_the_real_store(store):
+    _, table, sweep = store
+    samples = maskplots.mask_samples(table)
+    sparse = {lb for lb in table["label"] if parse_label(lb)[0].sparse}
+    assert {f"{lb} final" for lb in sparse} <= set(samples["mask"])
+    assert {"pretrained magnitude", "dense magnitude"} <= set(samples["mask"])
+    for masks in samples["masks"]:
+        assert maskplots.sampled_distance(masks, masks) == 0.0
+    pairs = maskplots.method_distances(samples, "rte", 42)
+    assert pairs["distance"].between(0, 1).all()
+    grid = maskplots.as_matrix(pairs)
+    assert np.allclose(grid.to_numpy(), grid.to_numpy().T) and np.all(np.diag(grid.to_numpy()) == 0)
+    # the magnitude methods' final mask is the dense magnitude mask (ASP)
+    assert grid.loc["magnitude final", "dense magnitude"] == 0.0
+    assert maskplots.seed_distances(samples).empty  # one seed
+    tasks = maskplots.task_distances(samples)
+    assert set(tasks["a"]) == {"rte", "stsb"} and tasks["distance"].between(0, 1).all()
+    sweep_samples = maskplots.mask_samples(sweep)
+    rho = maskplots.rho_distances(sweep_samples, samples)
+    assert sorted(set(rho["rho"])) == [1e-4, 1e-3, 1e-2]
+    assert set(rho["reference"]) == {"pretrained magnitude", "dense magnitude"}  # dense one from the table runs
+    assert rho["distance"].between(0, 1).all()
+    rho_grid = maskplots.as_matrix(maskplots.rho_mask_distances(sweep_samples, "rte"))
+    assert list(rho_grid.index) == ["0.0001", "0.001", "0.01"] and np.all(np.diag(rho_grid.to_numpy()) == 0)
+    # exact distances within a run agree with metrics.json
+    summary = maskplots.distance_summary(frames.load_mask_distances(table)).set_index(["label", "reference"])
+    assert summary.loc[("magnitude", "dense_magnitude"), "distance"] == 0.0
+    assert summary["distance"].between(0, 1).all() and (summary["runs"] == 2).all()
 
 
-def test_load_dynamics_fills_columns_and_drops_a_torn_line(tmp_path):
-    _write_jsonl(tmp_path / "dynamics.jsonl", _dyn_rows(), torn=True)
-    df = analysis.load_dynamics(tmp_path)  # a run folder or the file itself
-    assert list(df.columns[: len(analysis.DYNAMICS_COLUMNS)]) == list(analysis.DYNAMICS_COLUMNS)
-    assert len(df) == 6
-    assert set(df["component"]) == {"query", "ffn1"} and set(df["layer"]) == {0, 1}  # from target names
-    assert df.loc[df["event"] != "update", "flips"].isna().all()
-    assert list(df.loc[df["event"] == "update", "flips"]) == [2, 4]
-    assert analysis.load_dynamics(tmp_path / "dynamics.jsonl").equals(df)
+# ------------------------------------------------------------------------- empty inputs
+def test_every_figure_on_empty_inputs(tmp_path):
+    empty = frames.load_scores(tmp_path / "no-results")
+    assert empty.empty and not (tmp_path / "no-results").exists()
+    dyn = frames.load_dynamics(empty)
+    distances = frames.load_mask_distances(empty)
+    samples = maskplots.mask_samples(empty)
+    rho_df = plots.rho_frame(empty)
+    assert plots.prune_drop_claim(rho_df)["holds"] is None
+    figures = [
+        plots.plot_glue_bars(empty), plots.plot_rho_scores(rho_df), plots.plot_prune_stages(rho_df),
+        plots.plot_primal_trajectories(plots.primal_trajectories(dyn)), plots.plot_rel_dist(dyn),
+        plots.plot_layer_heatmap(dyn), plots.plot_flips(dyn, distances), plots.plot_flips(dyn),
+        plots.plot_magnitudes(plots.load_magnitudes(empty)), maskplots.plot_layer_distances(distances, "4:2"),
+        maskplots.plot_matrices(maskplots.method_distances(samples), "mask", pattern="4:2"),
+        maskplots.plot_matrices(maskplots.task_distances(samples), "task"),
+        maskplots.plot_matrices(maskplots.rho_mask_distances(samples, "rte"), "ρ"),
+        maskplots.plot_seed_distances(maskplots.seed_distances(samples), "4:2"),
+        maskplots.plot_rho_distances(maskplots.rho_distances(samples), "4:2"),
+    ]
+    for fig in figures:
+        assert isinstance(fig, Figure)
+        assert [t.get_text() for ax in fig.axes for t in ax.texts]  # a note says why it is empty
+    assert maskplots.distance_summary(distances).empty and maskplots.as_matrix(maskplots.task_distances(samples)).empty
+    written = plots.write_glue_table(empty, tmp_path / "figs")
+    assert "_not available_" in written[0].read_text()
 
 
-def test_load_dynamics_of_a_run_without_dynamics_is_empty(tmp_path):
-    df = analysis.load_dynamics(tmp_path)
-    assert df.empty and list(df.columns) == list(analysis.DYNAMICS_COLUMNS)
+def test_savefig_is_byte_deterministic(tmp_path):
+    plots.set_style()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 2], [1, 3, 2], label="x")
+    ax.legend()
+    paths = plots.savefig(fig, "bars", tmp_path / "figs")
+    assert [p.name for p in paths] == ["bars.png", "bars.pdf"] and all(p.stat().st_size > 0 for p in paths)
+    first = [p.read_bytes() for p in paths]
+    time.sleep(1.1)  # a PDF creation date would now differ
+    again = plots.savefig(fig, "bars", tmp_path / "figs")
+    assert [p.read_bytes() for p in again] == first  # redrawn figures do not show up as changed
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["bars.pdf", "bars.png"]  # no temporaries
 
 
-def _fake_run(root: Path, task: str, name: str, masks: dict | None = None, dynamics=None) -> Path:
-    run = root / task / name
-    run.mkdir(parents=True)
-    if masks is not None:
-        save_masks(run / "masks.npz", masks)
-    if dynamics is not None:
-        _write_jsonl(run / "dynamics.jsonl", dynamics)
-    return run
+def test_no_plot_branches_on_a_method_name():
+    for module in (plots, maskplots):
+        source = inspect.getsource(module)
+        for needle in ("method ==", "method in (", "method !=", '"admm', "'admm", '== "magnitude'):
+            assert needle not in source, (module.__name__, needle)
 
 
-def _results(rows) -> pd.DataFrame:
+# ------------------------------------------------------------------------ synthetic data
+def _scores(rows) -> pd.DataFrame:
     base = {"kd": False, "model": "tiny", "pattern": "4:2", "rho": None, "seed": 42, "before_prune": None,
             "after_prune": None, "seconds": 1.0, "sparsity": 0.5}
     df = pd.DataFrame([{**base, **r} for r in rows])
     df["label"] = df["method"] + np.where(df["kd"], "+kd", "")
+    df["run"] = df["task"] + "/" + df["label"] + "-" + df["seed"].astype(str)
     return df
 
 
-def test_primal_trajectory_is_the_norm_over_targets_and_flip_fractions(tmp_path):
-    masks = {"final": {Q0: torch.ones(2, 4, dtype=torch.bool), F1: torch.ones(4, 4, dtype=torch.bool)}}
-    run = _fake_run(tmp_path, "rte", "admm-run", masks, _dyn_rows())
-    results = _results([{"task": "rte", "method": "admm", "rho": 1e-3, "score": 60.0, "run_dir": run,
-                         "run": "rte/admm-run"}])
-    traj = analysis.primal_trajectories(results)
-    assert list(traj["step"]) == [0, 1, 2]
-    assert traj["primal_norm"].tolist() == pytest.approx([5.0, math.hypot(4, 5), math.hypot(5, 6)])
-    dyn = analysis.study_dynamics(results)
-    updates = dyn[dyn["event"] == "update"].set_index("component")
-    assert updates.loc["query", "flip_frac"] == pytest.approx(2 / 8)
-    assert updates.loc["ffn1", "flip_frac"] == pytest.approx(4 / 16)
-    assert analysis.module_sizes(run) == {Q0: 8, F1: 16}
-
-
-# ---------------------------------------------------------------------- GLUE table & claims
 @pytest.fixture
-def table_results():
+def table_scores():
     rows = []
     scores = {"dense": (80, 70), "magnitude": (70, 60), "admm": (74, 63), "admm+kd": (75, 62)}
     for label, (rte, stsb) in scores.items():
@@ -148,195 +227,130 @@ def table_results():
         for seed, shift in ((42, 0.0), (43, 2.0)):
             rows.append({"task": "rte", "method": method, "kd": kd, "seed": seed, "score": rte + shift})
             rows.append({"task": "stsb", "method": method, "kd": kd, "seed": seed, "score": stsb + shift})
-    return _results(rows)
+    return _scores(rows)
 
 
-def test_glue_summary_mean_std_and_average(table_results):
-    s = analysis.glue_summary(table_results, ["rte", "stsb"]).set_index(["label", "task"])
-    assert s.loc[("dense", "rte"), "mean"] == 81.0
-    assert s.loc[("dense", "rte"), "std"] == pytest.approx(math.sqrt(2))
-    assert s.loc[("dense", "avg"), "mean"] == 76.0 and s.loc[("dense", "avg"), "n"] == 2
-    labels = list(dict.fromkeys(s.index.get_level_values(0)))
-    assert labels == ["dense", "magnitude", "admm", "admm+kd"]
-
-
-def test_gaps_differences_and_claims_are_computed(table_results):
-    summary = analysis.glue_summary(table_results, ["rte", "stsb"])
-    gaps = analysis.gap_table(summary)
-    assert gaps.loc["magnitude", "avg"] == -10.0 and "dense" not in gaps.index
-    assert list(gaps.columns) == ["rte", "stsb", "avg"]
-    diff = analysis.difference_table(summary)
-    assert diff.loc["admm − magnitude", "avg"] == pytest.approx(3.5)
-    assert "admm+kd − magnitude+kd" not in diff.index  # magnitude+kd was not run
-    claims = analysis.paper_claims(summary).set_index("comparison")
-    assert claims.loc["admm − magnitude", "holds"] is True
-    assert claims.loc["admm − magnitude", "measured"] == pytest.approx(3.5)
-    assert claims.loc["admm+kd − admm", "holds"] is False  # 68.5 vs 68.5 + 0: equal is not better
-    assert claims.loc["admm+kd − magnitude+kd", "holds"] is None
-    text = analysis.format_claims(analysis.paper_claims(summary))
-    assert "HOLDS: +3.50" in text and "not measured" in text
-
-
-def test_write_glue_table(tmp_path, table_results):
-    md, csv = analysis.write_glue_table(table_results, tmp_path, ["rte", "stsb"], title="t")
+def test_write_glue_table_on_synthetic_scores(tmp_path, table_scores):
+    md, csv = plots.write_glue_table(table_scores, tmp_path, ["rte", "stsb"], title="t")
     text = md.read_text()
     assert "| dense | 81.0 ± 1.4 | 71.0 ± 1.4 | 76.0 ± 1.4 |" in text
-    assert "admm − magnitude" in text and "Paper claims" in text
+    assert "| magnitude | -10.0 | -10.0 | -10.0 |" in text  # gap to dense
     df = pd.read_csv(csv)
-    assert list(df.columns) == ["label", "task", "mean", "std", "n"]
     assert df[(df.label == "admm") & (df.task == "avg")]["mean"].item() == pytest.approx(69.5)
 
 
-# ------------------------------------------------------------------------------- rho sweep
+def test_glue_bars_axes_and_gap_panel(table_scores):
+    fig = plots.plot_glue_bars(table_scores, ["rte", "stsb"])
+    score_ax, gap_ax = fig.axes[:2]
+    assert "×100" in score_ax.get_ylabel() and score_ax.get_xlabel()
+    assert [t.get_text() for t in score_ax.get_xticklabels()] == ["rte", "stsb", "avg"]
+    heights = sorted(round(p.get_height(), 6) for p in gap_ax.patches)
+    assert heights == sorted([-10.0] * 3 + [-6.0, -7.0, -6.5] + [-5.0, -8.0, -6.5])  # per-seed gaps, then averaged
+    assert "dense" in gap_ax.get_ylabel()
+
+
 def test_rho_frame_and_prune_drop_claim():
     rows = [{"task": "rte", "method": "admm", "rho": r, "score": f, "before_prune": b, "after_prune": a}
             for r, b, a, f in ((1e-4, 70, 50, 65), (1e-3, 70, 65, 68), (1e-2, 66, 65, 66))]
-    rho_df = analysis.rho_frame(_results(rows))
+    rows.append({"task": "rte", "method": "dense", "score": 80.0})  # no rho: not part of the sweep
+    rho_df = plots.rho_frame(_scores(rows))
     assert list(rho_df["prune_drop"]) == [20, 5, 1]
     assert list(rho_df["retrain_gain"]) == [15, 3, 1]
-    claim = analysis.prune_drop_claim(rho_df)
+    claim = plots.prune_drop_claim(rho_df)
     assert claim["holds"] is True and claim["spearman"] == pytest.approx(-1.0)
     assert "HOLDS" in claim["message"]
-    assert analysis.prune_drop_claim(rho_df.iloc[:1])["holds"] is None
+    assert plots.prune_drop_claim(rho_df.iloc[:1])["holds"] is None
 
 
-# --------------------------------------------------------------------------- mask studies
-def test_reference_masks_and_task_seed_rho_comparisons(tmp_path):
-    pre = {Q0: m(1, 1, 0, 0)}
-    dense = {Q0: m(1, 0, 1, 0)}
+def _dyn(tasks_labels=(("rte", ("admm",)),), run_suffix="") -> pd.DataFrame:
     rows = []
-    for task, seed, final in (("rte", 42, m(0, 0, 1, 1)), ("rte", 43, m(0, 1, 1, 0)), ("stsb", 42, m(1, 1, 0, 0))):
-        run = _fake_run(tmp_path, task, f"admm-{seed}", {"final": {Q0: final}, "pretrained_magnitude": pre})
-        rows.append({"task": task, "method": "admm", "seed": seed, "rho": 1e-3, "score": 1.0, "run_dir": run})
-        mag = _fake_run(tmp_path, task, f"magnitude-{seed}", {"final": dense, "pretrained_magnitude": pre,
-                                                               "dense_magnitude": dense})
-        rows.append({"task": task, "method": "magnitude", "seed": seed, "score": 1.0, "run_dir": mag})
-    big = _fake_run(tmp_path, "rte", "admm-rho", {"final": {Q0: m(1, 1, 0, 0)}, "pretrained_magnitude": pre})
-    rows.append({"task": "rte", "method": "admm", "seed": 42, "rho": 1e-2, "score": 1.0, "run_dir": big})
-    results = _results(rows)
-
-    refs = analysis.reference_masks(results, "rte", 42, rho=1e-3)
-    assert list(refs) == ["pretrained magnitude", "dense magnitude (ASP)", "ADMM final"]
-    assert torch.equal(refs["ADMM final"][Q0], m(0, 0, 1, 1))
-    layers = analysis.layer_distance_frame(results, rho=1e-3)
-    assert set(layers["pair"]) == {"pretrained magnitude vs dense magnitude (ASP)",
-                                   "pretrained magnitude vs ADMM final", "dense magnitude (ASP) vs ADMM final"}
-    seeds = analysis.seed_distances(results[results["rho"].fillna(1e-3) == 1e-3])
-    rte_admm = seeds[(seeds.task == "rte") & (seeds["mask"] == "ADMM final")]
-    assert rte_admm["distance"].item() == 0.5  # 0011 vs 0110
-    grid = analysis.task_distance_matrix(results[results["rho"].fillna(1e-3) == 1e-3])
-    assert list(grid.index) == ["stsb", "rte"]  # GLUE order
-    assert grid.loc["rte", "stsb"] == 1.0  # seed 42: 0011 vs 1100
-    sweep = results[(results.method == "admm") & (results.task == "rte") & (results.seed == 42)]
-    rho_dist = analysis.rho_distance_frame(sweep, results).set_index(["rho", "reference"])["distance"]
-    assert rho_dist[(1e-2, "pretrained magnitude")] == 0.0 and rho_dist[(1e-3, "pretrained magnitude")] == 1.0
-    rho_grid = analysis.rho_mask_matrix(sweep, "rte")
-    assert list(rho_grid.index) == ["0.001", "0.01"] and rho_grid.iloc[0, 1] == 1.0
-
-
-def test_single_seed_and_single_task_give_empty_comparisons(tmp_path):
-    run = _fake_run(tmp_path, "rte", "admm", {"final": {Q0: m(1, 1, 0, 0)}})
-    results = _results([{"task": "rte", "method": "admm", "rho": 1e-3, "score": 1.0, "run_dir": run}])
-    assert analysis.seed_distances(results).empty
-    assert analysis.task_distance_matrix(results).empty
-
-
-def test_magnitude_frame_splits_by_final_mask_and_skips_zeroed_pruned():
-    mask = {Q0: m(1, 0, 1, 0)}
-    snaps = {"start": {Q0: torch.tensor([4.0, -1.0, 3.0, 2.0])}, "final": {Q0: torch.tensor([5.0, 0.0, -6.0, 0.0])}}
-    frame = analysis.magnitude_frame(snaps, mask)
-    start = frame[frame.stage == analysis.SNAPSHOT_LABELS["start"]]
-    assert sorted(start[start.position == "kept"]["abs_w"]) == [3.0, 4.0]
-    assert sorted(start[start.position == "pruned"]["abs_w"]) == [1.0, 2.0]
-    final = frame[frame.stage == analysis.SNAPSHOT_LABELS["final"]]
-    assert set(final["position"]) == {"kept"}
-
-
-def test_run_magnitudes_caches_complete_snapshots_for_a_fresh_clone(tmp_path, monkeypatch):
-    run = _fake_run(tmp_path, "rte", "admm", {"final": {Q0: m(1, 0, 1, 0)}})
-    w = torch.tensor([4.0, -1.0, 3.0, 2.0])
-    full = {stage: {Q0: w * (i + 1)} for i, stage in enumerate(analysis.SNAPSHOT_LABELS)}
-    monkeypatch.setattr(analysis, "weight_snapshots", lambda run_dir: {"start": full["start"]})
-    partial = analysis.run_magnitudes(run)  # incomplete snapshots: drawn, but never cached
-    assert set(partial["stage"]) == {analysis.SNAPSHOT_LABELS["start"]}
-    assert not (run / analysis.MAGNITUDES_FILE).exists()
-    monkeypatch.setattr(analysis, "weight_snapshots", lambda run_dir: full)
-    first = analysis.run_magnitudes(run)
-    assert (run / analysis.MAGNITUDES_FILE).exists()
-    monkeypatch.setattr(analysis, "weight_snapshots", lambda run_dir: {"start": full["start"]})  # fresh clone
-    again = analysis.run_magnitudes(run)
-    assert set(again["stage"]) == set(analysis.SNAPSHOT_LABELS.values())
-    pd.testing.assert_frame_equal(again.reset_index(drop=True), first.reset_index(drop=True), check_dtype=False,
-                                  check_categorical=False)
-    assert not list(run.glob(".*.tmp"))
-
-
-# ---------------------------------------------------------------------------------- plots
-def test_style_savefig_and_plots_on_empty_data(tmp_path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    analysis.set_style()
-    empty = pd.DataFrame(columns=["task", "label", "seed", "score", "rho", "method", "kd"])
-    figs = {
-        "bars": analysis.plot_glue_bars(empty),
-        "rho": analysis.plot_rho_scores(analysis.rho_frame(empty)),
-        "stages": analysis.plot_prune_stages(analysis.rho_frame(empty)),
-        "primal": analysis.plot_primal_trajectories(analysis.primal_trajectories(empty)),
-        "rel": analysis.plot_rel_dist(analysis.study_dynamics(empty)),
-        "heat": analysis.plot_layer_heatmap(analysis.study_dynamics(empty)),
-        "flips": analysis.plot_flips(analysis.study_dynamics(empty)),
-        "mags": analysis.plot_magnitudes(analysis.magnitude_frame({}, {})),
-        "layers": analysis.plot_layer_distances(analysis.layer_distance_frame(empty)),
-        "matrix": analysis.plot_matrix(pd.DataFrame(), "t", "task"),
-        "rhod": analysis.plot_rho_distances(analysis.rho_distance_frame(empty)),
-        "seeds": analysis.plot_seed_distances(analysis.seed_distances(empty)),
-    }
-    paths = analysis.savefig(figs["bars"], "bars", tmp_path / "figs")
-    assert [p.name for p in paths] == ["bars.png", "bars.pdf"] and all(p.stat().st_size > 0 for p in paths)
-    first = [p.read_bytes() for p in paths]
-    time.sleep(1.1)  # a PDF creation date would now differ
-    again = analysis.savefig(figs["bars"], "bars", tmp_path / "figs")
-    assert [p.read_bytes() for p in again] == first  # redrawn figures do not show up as changed
-    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["bars.pdf", "bars.png"]  # no temporaries
-    plt.close("all")
-
-
-def test_plots_label_their_axes(tmp_path, table_results):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = analysis.plot_glue_bars(table_results, ["rte", "stsb"])
-    ax = fig.axes[0]
-    assert "×100" in ax.get_ylabel() and ax.get_xlabel()
-    labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert labels == ["rte", "stsb", "avg"]
-    plt.close("all")
-
-
-def test_dynamics_plots_grid_tasks_by_methods_and_mark_missing_facets():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = []
-    for task, labels in (("rte", ("admm", "admm+kd")), ("mrpc", ("admm",))):  # no admm+kd on mrpc
+    for task, labels in tasks_labels:
         for label in labels:
-            for step, event in ((0, "init"), (5, "update"), (10, "update")):
-                for component in ("query", "ffn1"):
-                    rows.append({"task": task, "label": label, "step": step, "event": event, "component": component,
-                                 "layer": 0, "rel_dist": 0.3 - step / 100, "flips": step, "numel": 100})
-    dyn = pd.DataFrame(rows)
-    for plot in (analysis.plot_rel_dist, analysis.plot_layer_heatmap, analysis.plot_flips):
+            for step, event in ((0, "init"), (1, "log"), (2, "update")):
+                for target, component, layer, primal in ((Q0, "query", 0, 3.0), (F1, "ffn1", 1, 4.0)):
+                    row = {"run": f"{task}/{label}{run_suffix}", "task": task, "label": label, "seed": 42,
+                           "rho": 1e-3, "phase": "admm", "step": step, "event": event, "target": target,
+                           "component": component, "layer": layer, "primal": primal + step,
+                           "rel_dist": 0.3 - 0.1 * step, "flips": np.nan}
+                    if event == "update":
+                        row["flips"] = 2.0 if target == Q0 else 4.0
+                    rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_primal_trajectory_is_the_norm_over_targets():
+    traj = plots.primal_trajectories(_dyn())
+    assert list(traj["step"]) == [0, 1, 2]
+    assert traj["primal_norm"].tolist() == pytest.approx([5.0, math.hypot(4, 5), math.hypot(5, 6)])
+
+
+def test_flips_are_a_fraction_of_kept_positions_with_mask_distances():
+    dyn = _dyn()
+    distances = pd.DataFrame({"run": ["rte/admm"] * 4, "module": [Q0, F1, Q0, F1], "kept": [8, 32, 8, 32],
+                              "reference": ["pretrained_magnitude"] * 2 + ["dense_magnitude"] * 2})
+    ax = plots.plot_flips(dyn, distances).axes[0]
+    values = sorted(float(y) for line in ax.lines for y in line.get_ydata())
+    assert values == pytest.approx([100 * 4 / 32, 100 * 2 / 8])  # ffn1, query
+    assert "kept positions" in ax.get_ylabel()
+    assert "positions" in plots.plot_flips(dyn).axes[0].get_ylabel()  # without sizes: counts
+
+
+def test_dynamics_plots_grid_tasks_by_labels_and_mark_missing_facets():
+    dyn = _dyn((("rte", ("admm", "admm+kd")), ("mrpc", ("admm",))))  # no admm+kd on mrpc
+    for plot in (plots.plot_rel_dist, plots.plot_layer_heatmap, plots.plot_flips):
         fig = plot(dyn)
         titles = [ax.get_title() for ax in fig.axes]
         assert any(t.startswith("mrpc admm:") for t in titles) and any(t.startswith("rte admm+kd:") for t in titles)
         assert not any(t.startswith("mrpc admm+kd") for t in titles)
         notes = [text.get_text() for ax in fig.axes for text in ax.texts]
         assert "no admm+kd run on mrpc" in notes
-        plt.close(fig)
+
+
+def _samples(rows) -> pd.DataFrame:
+    """A synthetic :func:`maskplots.mask_samples` frame: (task, label, seed, rho, set, masks)."""
+    out = []
+    for task, label, seed, rho, set_name, masks in rows:
+        out.append({"run": f"{task}/{label}-{seed}-{rho}", "task": task, "label": label, "seed": seed, "rho": rho,
+                    "set": set_name, "mask": maskplots._mask_name(set_name, label), "masks": masks})
+    return pd.DataFrame(out, columns=maskplots.SAMPLE_COLUMNS)
+
+
+def test_sampled_distance_is_pooled_over_targets():
+    a = {Q0: m(1, 1, 0, 0), F1: m(1, 0, 1, 0, 0, 1, 0, 1), "only.in.a": m(1)}
+    b = {Q0: m(1, 0, 1, 0), F1: m(1, 0, 1, 0, 0, 1, 0, 1)}
+    assert maskplots.sampled_distance(a, b) == pytest.approx(2 / 12)  # 2 differing of (2+2) + (4+4) kept
+    assert maskplots.sampled_distance(a, a) == 0.0
+    assert math.isnan(maskplots.sampled_distance({"x": m(1)}, {"y": m(1)}))
+    assert maskplots.random_mask_distance("4:2") == 0.5 and maskplots.random_mask_distance("4:1") == 0.75
+
+
+def test_cross_run_comparisons_on_synthetic_samples():
+    pre, dense = {Q0: m(1, 1, 0, 0)}, {Q0: m(1, 0, 1, 0)}
+    rows = []
+    for task, seed, final in (("rte", 42, m(0, 0, 1, 1)), ("rte", 43, m(0, 1, 1, 0)), ("stsb", 42, m(1, 1, 0, 0))):
+        rows += [(task, "admm", seed, 1e-3, "pretrained_magnitude", pre),
+                 (task, "admm", seed, 1e-3, "final", {Q0: final}),
+                 (task, "magnitude", seed, None, "pretrained_magnitude", pre),
+                 (task, "magnitude", seed, None, "dense_magnitude", dense),
+                 (task, "magnitude", seed, None, "final", dense)]
+    rows.append(("rte", "admm", 42, 1e-2, "final", {Q0: m(1, 1, 0, 0)}))
+    samples = _samples(rows)
+    table = samples[samples["rho"].fillna(1e-3) == 1e-3]
+
+    grid = maskplots.as_matrix(maskplots.method_distances(table, "rte", 42))
+    assert list(grid.index) == ["pretrained magnitude", "dense magnitude", "magnitude final", "admm final"]
+    assert grid.loc["admm final", "pretrained magnitude"] == 1.0 and grid.loc["magnitude final", "dense magnitude"] == 0
+    seeds = maskplots.seed_distances(table)
+    assert seeds.set_index(["task", "mask"]).loc[("rte", "admm final"), "distance"] == 0.5  # 0011 vs 0110
+    tasks = maskplots.task_distances(table)
+    admm = maskplots.as_matrix(tasks, "admm final")
+    assert list(admm.index) == ["stsb", "rte"] and admm.loc["rte", "stsb"] == 1.0  # GLUE order; seed 42 only
+    sweep = samples[(samples["label"] == "admm") & (samples["task"] == "rte") & (samples["seed"] == 42)]
+    rho = maskplots.rho_distances(sweep, table).set_index(["rho", "reference"])["distance"]
+    assert rho[(1e-2, "pretrained magnitude")] == 0.0 and rho[(1e-3, "pretrained magnitude")] == 1.0
+    assert rho[(1e-2, "dense magnitude")] == 0.5  # the reference comes from another run of the task and seed
+    rho_grid = maskplots.as_matrix(maskplots.rho_mask_distances(sweep, "rte"))
+    assert list(rho_grid.index) == ["0.001", "0.01"] and rho_grid.iloc[0, 1] == 1.0
+    single = _samples([("rte", "admm", 42, 1e-3, "final", {Q0: m(1, 1, 0, 0)})])
+    assert maskplots.seed_distances(single).empty and maskplots.task_distances(single).empty
+    assert maskplots.rho_mask_distances(single, "rte").empty

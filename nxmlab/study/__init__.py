@@ -10,7 +10,8 @@ It uses the method layer (:mod:`nxmlab.nxm`, :mod:`nxmlab.admm`, :mod:`nxmlab.ma
 * :mod:`~nxmlab.study.methods`: the method registry; :mod:`~nxmlab.study.hooks`: phase hooks;
 * :mod:`~nxmlab.study.config`: run configs, parsed once; :mod:`~nxmlab.study.recipe`: one run;
 * :mod:`~nxmlab.study.presets`: study presets;
-* :mod:`~nxmlab.study.frames`: tidy result frames; :mod:`~nxmlab.study.plots`: figures;
+* :mod:`~nxmlab.study.frames`: tidy result frames; :mod:`~nxmlab.study.plots` and
+  :mod:`~nxmlab.study.maskplots`: figures;
 * :mod:`~nxmlab.study.notebook`: the notebooks' setup; :mod:`~nxmlab.study.reproduce`,
   :mod:`~nxmlab.study.verify`, :mod:`~nxmlab.study.cli`.
 """

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -29,7 +30,8 @@ from .metrics import glue_score
 from .store import RunFolder, StoreVersionError, iter_runs
 
 __all__ = [
-    "SCORE_COLUMNS", "COMPARISONS", "load_scores", "load_dynamics", "load_mask_distances", "seed_summary",
+    "SCORE_COLUMNS", "COMPARISONS", "load_scores", "load_dynamics", "load_mask_distances", "load_magnitudes",
+    "results_dir", "run_folders", "seed_summary",
     "glue_table", "gap_table", "difference_table", "paper_claims", "format_claims", "to_markdown",
     "mask_distance_table", "label_order", "task_order",
 ]
@@ -116,21 +118,29 @@ def load_scores(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
     return frame
 
 
+def results_dir(scores: pd.DataFrame) -> Path:
+    """The results folder a score frame came from (:func:`load_scores` records it)."""
+    if "results_dir" not in scores.attrs:
+        raise ValueError("the scores frame does not say which results folder it came from; use frames.load_scores()")
+    return Path(scores.attrs["results_dir"])
+
+
+def run_folders(scores: pd.DataFrame):
+    """``(row, RunFolder)`` for every run of ``scores``; ``row`` has ``run, task, label, seed, rho``."""
+    if scores.empty:
+        return
+    root = results_dir(scores)
+    for row in scores[["run", "task", "label", "seed", "rho"]].itertuples(index=False):
+        yield row, RunFolder.at(root / row.run)
+
+
 def _per_run(scores: pd.DataFrame, name: str) -> pd.DataFrame:
-    keys = ["run", "task", "label", "seed", "rho"]
     parts = []
-    for row in scores[keys].itertuples(index=False):
-        frame = RunFolder(_root(scores), row.task, row.run.split("/", 1)[1]).read_frame(name)
+    for row, folder in run_folders(scores):
+        frame = folder.read_frame(name)
         if frame is not None and not frame.empty:
             parts.append(frame.assign(**row._asdict()))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-
-def _root(scores: pd.DataFrame) -> str:
-    root = scores.attrs.get("results_dir")
-    if root is None:
-        raise ValueError("the scores frame does not say which results folder it came from; use load_scores()")
-    return root
 
 
 def load_dynamics(scores: pd.DataFrame) -> pd.DataFrame:
@@ -142,6 +152,13 @@ def load_dynamics(scores: pd.DataFrame) -> pd.DataFrame:
 def load_mask_distances(scores: pd.DataFrame) -> pd.DataFrame:
     """``mask_distances.parquet`` of every run in ``scores``: per target and reference mask."""
     return _per_run(scores, RunFolder.MASK_DISTANCES)
+
+
+def load_magnitudes(scores: pd.DataFrame) -> pd.DataFrame:
+    """``magnitudes.parquet`` of every run in ``scores`` that has one: a sample of |w| at the final
+    mask's kept and pruned positions per weight snapshot (``stage``), with ``abs_w`` as float32."""
+    frame = _per_run(scores, RunFolder.MAGNITUDES)
+    return frame.astype({"abs_w": "float32"}) if not frame.empty else frame
 
 
 def mask_distance_table(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> pd.DataFrame:
