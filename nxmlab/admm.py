@@ -41,7 +41,10 @@ from torch import nn
 from .nxm import NxM, nxm_mask, nxm_mask_and_project
 from .targets import select_targets
 
-__all__ = ["ADMM", "ADMMDiagnostics", "validate_rho"]
+__all__ = ["ADMM", "ADMMDiagnostics", "U_INITS", "validate_rho"]
+
+#: How U starts: ``zero`` (nxmlab's default) or ``residual`` (``W - Proj(W)``, the authors' code).
+U_INITS = ("zero", "residual")
 
 
 def validate_rho(rho: float, name: str = "rho") -> float:
@@ -93,8 +96,10 @@ class ADMM:
         rho_max: Cap for the schedule (default: no cap).
         near_zero_rtol: Threshold, relative to each layer's RMS, for the
             ``near_zero`` diagnostic.
+        u_init: ``"zero"`` (U starts at 0) or ``"residual"`` (U starts at
+            ``W - Proj(W)``, as in the authors' code).
 
-    Z starts at ``Proj(W)`` and U at zero.  When the schedule changes rho, U is
+    Z starts at ``Proj(W)`` and U at zero (or at ``W - Proj(W)``).  When the schedule changes rho, U is
     rescaled by ``rho_old / rho_new`` so that the unscaled dual ``rho * U`` is
     unchanged (Boyd et al., 2011, sec. 3.4.1).
     """
@@ -108,7 +113,10 @@ class ADMM:
         rho_factor: float = 1.0,
         rho_max: float | None = None,
         near_zero_rtol: float = 1e-2,
+        u_init: str = "zero",
     ) -> None:
+        if u_init not in U_INITS:
+            raise ValueError(f"u_init must be one of {', '.join(U_INITS)}, got {u_init!r}")
         self.pattern = NxM.parse(pattern)
         self.rho = validate_rho(rho)
         self.rho_factor = validate_rho(rho_factor, "rho_factor")
@@ -137,7 +145,10 @@ class ADMM:
                 mask = nxm_mask(w, self.pattern, name)  # validates shape and finiteness
                 self.masks[name] = mask
                 self.Z[name] = w.detach().masked_fill(~mask, 0)
-                self.U[name] = torch.zeros_like(w, memory_format=torch.contiguous_format)
+                if u_init == "residual":  # W - Proj(W): exactly the pruned part of W
+                    self.U[name] = w.detach().masked_fill(mask, 0).contiguous()
+                else:
+                    self.U[name] = torch.zeros_like(w, memory_format=torch.contiguous_format)
 
     # ------------------------------------------------------------------ W-step
     def penalty(self) -> float:
@@ -176,6 +187,31 @@ class ADMM:
         torch._foreach_add_(grads, weights, alpha=self.rho)
         torch._foreach_add_(grads, zs, alpha=-self.rho)
         torch._foreach_add_(grads, us, alpha=self.rho)
+
+    @torch.no_grad()
+    def decoupled_step(self, eta: float) -> None:
+        """``W -= eta * rho * (W - Z + U)`` for every target (beyond the paper).
+
+        The decoupled penalty: called after each optimizer step instead of
+        :meth:`add_penalty_grad`, it pulls W towards ``Z - U`` outside the optimizer's
+        normalisation, the way AdamW decouples weight decay.  ``eta`` is the learning
+        rate of the step just taken.
+        """
+        step = float(eta) * self.rho
+        weights = [w.detach() for w in self.params.values()]
+        torch._foreach_mul_(weights, 1.0 - step)
+        torch._foreach_add_(weights, [self.Z[n] for n in self.params], alpha=step)
+        torch._foreach_add_(weights, [self.U[n] for n in self.params], alpha=-step)
+
+    @torch.no_grad()
+    def pruned_mean_abs(self) -> float:
+        """Mean ``|W|`` over the positions a hard prune would remove now (all targets)."""
+        total, count = 0.0, 0
+        for name, w in self.params.items():
+            pruned = ~nxm_mask(w, self.pattern, name)
+            total += float(w.detach().abs()[pruned].double().sum())
+            count += int(pruned.sum())
+        return total / count if count else 0.0
 
     # ------------------------------------------------------------- Z/U-steps
     @torch.no_grad()

@@ -7,6 +7,7 @@ bars.  These classes only add the sparsity-specific pieces through public hooks.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -30,7 +31,11 @@ __all__ = [
     "NonFiniteError",
     "last_complete_checkpoint",
     "COMPLETE_MARKER",
+    "planned_lr_sum",
+    "lr_budget",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: File written into a Trainer checkpoint once everything nxmlab needs is in it.
 COMPLETE_MARKER = "nxmlab_complete"
@@ -47,14 +52,57 @@ def _save_torch_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def planned_lr_sum(scheduler: Any, steps: int) -> float | None:
+    """Sum of the learning rate over the first ``steps`` optimizer steps of ``scheduler``.
+
+    Read from the scheduler itself (a ``LambdaLR``, as ``Trainer`` builds for its linear
+    decay with warm-up): ``sum_s base_lr * lr_lambda(s)``, first parameter group.
+    ``None`` for a scheduler without ``lr_lambdas``.
+    """
+    scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's wrapper
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    base_lrs = getattr(scheduler, "base_lrs", None)
+    if not lambdas or not base_lrs:
+        return None
+    return float(sum(base_lrs[0] * lambdas[0](s) for s in range(max(int(steps), 0))))
+
+
+def lr_budget(lr_sum: float, pruned_mean_abs: float) -> tuple[bool, str]:
+    """``(enough, message)``: can the phase move a weight as far as the prune would remove?
+
+    Under Adam a weight moves by about ``lr`` per step at most, so ADMM moves it by about
+    ``Σlr`` at most; the weights a prune removes now have a mean ``|w|`` of
+    ``pruned_mean_abs``.  ``enough`` is ``lr_sum >= pruned_mean_abs``.
+    """
+    enough = lr_sum >= pruned_mean_abs
+    message = (f"ADMM phase: planned sum of the learning rate {lr_sum:.4g} vs mean |w| {pruned_mean_abs:.4g} of "
+               f"the weights the prune would remove now")
+    if not enough:
+        message += "; the sum is too small for ADMM to reach the n:m set (raise lr, steps or rho)"
+    return enough, message
+
+
 class ADMMCallback(TrainerCallback):
     """Runs the ADMM steps inside ``Trainer``.
 
-    * ``on_pre_optimizer_step``: adds the penalty gradient (once per optimizer step,
-      after backward, clipping and any all-reduce);
+    * the penalty (once per optimizer step):
+
+      - default: ``on_pre_optimizer_step`` adds ``rho (W - Z + U)`` to ``.grad`` after
+        backward, clipping and any all-reduce, so clipping bounds the loss gradient only;
+      - ``penalty_before_clip``: ``on_step_begin`` writes it into ``.grad`` before the
+        first micro-batch's backward (``Trainer`` zeroes the gradients after every
+        optimizer step), and the loss gradients accumulate on top of it; clipping then
+        sees their sum, as when the penalty is part of the loss (the authors' code).
+        W, Z and U do not change between ``on_step_begin`` and the optimizer step, so the
+        gradient is the same;
+      - ``decoupled``: ``on_optimizer_step`` applies ``W -= lr rho (W - Z + U)`` after the
+        optimizer step (beyond the paper), with no penalty gradient;
+
     * ``on_step_end``: Z/U update every ``interval`` optimizer steps, and a
       non-mutating measurement every ``log_interval`` steps; both are passed to
       ``record`` as one dict per target;
+    * ``on_train_begin``: logs the phase's planned ``Σlr`` against the mean ``|w|`` the
+      prune would remove now (a warning when ``Σlr`` is smaller, see :func:`lr_budget`);
     * ``on_save``: stores the ADMM state inside the checkpoint folder;
     * ``on_midpoint(step)``: called once, at the first Z/U update past half of the
       phase (before that update), e.g. to snapshot the weights.
@@ -68,15 +116,22 @@ class ADMMCallback(TrainerCallback):
         record: Callable[[list[dict[str, Any]]], None] | None = None,
         phase: str = "admm",
         on_midpoint: Callable[[int], None] | None = None,
+        penalty_before_clip: bool = False,
+        decoupled: bool = False,
     ) -> None:
         if interval < 1 or log_interval < 1:
             raise ValueError(f"admm interval and log interval must be >= 1, got {interval} and {log_interval}")
+        if penalty_before_clip and decoupled:
+            raise ValueError("penalty_before_clip and the decoupled penalty exclude each other (no penalty gradient)")
         self.admm = admm
         self.interval = interval
         self.log_interval = log_interval
         self.record = record
         self.phase = phase
         self.on_midpoint = on_midpoint
+        self.penalty_before_clip = penalty_before_clip
+        self.decoupled = decoupled
+        self.lr_plan: tuple[float, float] | None = None
 
     def _emit(self, step: int, epoch: float | None, event: str, per_target: dict[str, dict[str, Any]]) -> None:
         rows = []
@@ -89,12 +144,29 @@ class ADMMCallback(TrainerCallback):
         if self.record is not None:
             self.record(rows)
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+        if self.penalty_before_clip and getattr(args, "fp16", False):
+            raise ValueError("penalty_before_clip does not support fp16 loss scaling (use bf16 or fp32)")
         if state.global_step == 0:
+            lr_sum = planned_lr_sum(lr_scheduler, state.max_steps)
+            if lr_sum is not None:
+                mean_abs = self.admm.pruned_mean_abs()
+                self.lr_plan = (lr_sum, mean_abs)
+                enough, message = lr_budget(lr_sum, mean_abs)
+                (logger.info if enough else logger.warning)(message)
             self._emit(0, 0.0, "init", self.admm.measure())
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.penalty_before_clip:
+            self.admm.add_penalty_grad()
+
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.admm.add_penalty_grad()
+        if not self.penalty_before_clip and not self.decoupled:
+            self.admm.add_penalty_grad()
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if self.decoupled:
+            self.admm.decoupled_step(optimizer.param_groups[0]["lr"])
 
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step

@@ -19,13 +19,13 @@ Embeddings, the pooler and the classifier are never selected.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from torch import nn
 
 from .nxm import NxM
 
-__all__ = ["COMPONENTS", "select_targets", "describe_target"]
+__all__ = ["COMPONENTS", "select_targets", "describe_target", "train_only"]
 
 COMPONENTS: tuple[str, ...] = ("query", "key", "value", "attn_out", "ffn1", "ffn2")
 
@@ -109,3 +109,19 @@ def select_targets(
         for name, module in selected.items():
             pattern.check(module.weight, name)
     return selected
+
+
+def train_only(model: nn.Module, targets: Mapping[str, nn.Module]) -> list[str]:
+    """Freeze every parameter of ``model`` except the weights and biases of ``targets``.
+
+    Returns the names of the parameters left trainable.  ``Trainer`` builds its optimizer
+    from the trainable parameters only.
+    """
+    keep = {id(p) for module in targets.values() for p in (module.weight, getattr(module, "bias", None))
+            if p is not None}
+    trainable = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(id(param) in keep)
+        if id(param) in keep:
+            trainable.append(name)
+    return trainable

@@ -11,21 +11,21 @@ and the target components.  Below that point the recipe only reads the typed
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainingArguments
 
-from ..admm import validate_rho
+from ..admm import U_INITS, validate_rho
 from ..nxm import NxM
 from ..targets import COMPONENTS
 from .data import GlueTask, get_task
 from .methods import METHODS, Method, get_method, method_label
 from .store import STORE_VERSION, RunFolder, config_hash
 
-__all__ = ["RunConfig", "NxMTrainingArguments", "RunSpec", "TRAINING_KEYS"]
+__all__ = ["RunConfig", "NxMTrainingArguments", "RunSpec", "TRAINING_KEYS", "non_default"]
 
 #: TrainingArguments fields that change results; they enter the config hash.
 TRAINING_KEYS = (
@@ -51,7 +51,21 @@ class RunConfig:
     admm_interval: int | None = field(default=None, metadata={"help": "Optimizer steps between Z/U updates (default: one epoch)."})
     admm_init: str = field(default="pretrained", metadata={"help": "ADMM starts from the 'pretrained' or the 'dense' fine-tuned model."})
     mask_source: str = field(default="dense", metadata={"help": "magnitude/unstructured: mask from the 'dense' fine-tuned or the 'pretrained' weights."})
-    retrain_epochs: float = field(default=2.0, metadata={"help": "admm: epochs of fine-tuning with the masks fixed."})
+    retrain_epochs: float = field(default=2.0, metadata={"help": "admm: epochs of fine-tuning with the masks fixed "
+                                                                 "(0: none, the run ends with the prune by Proj(W), as in the authors' code)."})
+    u_init: str = field(default="zero", metadata={"help": "admm: U starts at 'zero' or at the 'residual' W - Proj(W) (the authors' code)."})
+    penalty_before_clip: bool = field(default=False, metadata={
+        "help": "admm: the penalty gradient enters before gradient clipping, as a loss term would (the authors' code); "
+                "default: after clipping."})
+    train_only_targets: bool = field(default=False, metadata={
+        "help": "admm: train only the target Linear weights and biases; embeddings, LayerNorm, pooler and classifier "
+                "stay frozen (the authors' code)."})
+    admm_steps: int | None = field(default=None, metadata={
+        "help": "admm: length of the ADMM phase in optimizer steps (default: num_train_epochs); the other phases "
+                "keep their epochs."})
+    decoupled_penalty: bool = field(default=False, metadata={
+        "help": "admm, beyond the paper: after each optimizer step W -= lr * rho * (W - Z + U), outside Adam's "
+                "normalisation (like AdamW's weight decay), instead of adding rho (W - Z + U) to the gradient."})
     dense_epochs: float | None = field(default=None, metadata={"help": "Epochs of the dense teacher/start run (default: num_train_epochs)."})
     max_seq_length: int = field(default=128, metadata={"help": "Tokens per example (dynamic padding)."})
     kd_temperature: float = field(default=2.0, metadata={"help": "KD softmax temperature."})
@@ -90,6 +104,16 @@ class NxMTrainingArguments(TrainingArguments):
     logging_nan_inf_filter: bool = field(default=False, metadata={"help": "Keep NaN/Inf losses visible (nxmlab stops on them)."})
     seed: int = field(default=42, metadata={"help": "Seed for initialisation, dropout and data order."})
     dataloader_pin_memory: bool = field(default=torch.cuda.is_available(), metadata={"help": "Pin memory (GPU only)."})
+
+
+def non_default(cfg: RunConfig, names: tuple[str, ...]) -> dict[str, Any]:
+    """``{name: value}`` for the fields among ``names`` whose value differs from the default.
+
+    Options added after runs were stored enter a run's identity only this way, so that
+    every run made before them keeps its folder name.
+    """
+    defaults = {f.name: f.default for f in fields(RunConfig)}
+    return {name: getattr(cfg, name) for name in names if getattr(cfg, name) != defaults[name]}
 
 
 def _positive(name: str, value: Any, integer: bool = False) -> None:
@@ -143,10 +167,22 @@ class RunSpec:
             raise ValueError(f"admm_init must be 'pretrained' or 'dense', got {cfg.admm_init!r}")
         if cfg.mask_source not in ("pretrained", "dense"):
             raise ValueError(f"mask_source must be 'pretrained' or 'dense', got {cfg.mask_source!r}")
-        for name in ("admm_interval", "train_limit", "eval_limit", "max_seq_length", "log_interval"):
+        if cfg.u_init not in U_INITS:
+            raise ValueError(f"u_init must be one of {', '.join(U_INITS)}, got {cfg.u_init!r}")
+        for name in ("penalty_before_clip", "train_only_targets", "decoupled_penalty"):
+            if not isinstance(getattr(cfg, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
+        if cfg.penalty_before_clip and cfg.decoupled_penalty:
+            raise ValueError("penalty_before_clip and decoupled_penalty exclude each other (no penalty gradient)")
+        if cfg.penalty_before_clip and args.fp16:
+            raise ValueError("penalty_before_clip does not support fp16 loss scaling (use bf16 or fp32)")
+        if not (isinstance(cfg.retrain_epochs, (int, float)) and not isinstance(cfg.retrain_epochs, bool)
+                and math.isfinite(cfg.retrain_epochs) and cfg.retrain_epochs >= 0):
+            raise ValueError(f"retrain_epochs must be > 0, or 0 for no masked retraining, got {cfg.retrain_epochs!r}")
+        for name in ("admm_interval", "admm_steps", "train_limit", "eval_limit", "max_seq_length", "log_interval"):
             if getattr(cfg, name) is not None:
                 _positive(name, getattr(cfg, name), integer=True)
-        for name in ("retrain_epochs", "dense_epochs", "kd_temperature"):
+        for name in ("dense_epochs", "kd_temperature"):
             if getattr(cfg, name) is not None:
                 _positive(name, getattr(cfg, name))
         if not 0.0 <= cfg.kd_alpha <= 1.0:
@@ -193,6 +229,7 @@ class RunSpec:
         for option in self.method.options:
             value = getattr(cfg, option)
             config[option] = float(value) if option.endswith("_epochs") else value
+        config.update(non_default(cfg, self.method.optional))
         return config
 
     def folder(self) -> RunFolder:

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 SCORE_COLUMNS = [
     "run", "task", "method", "kd", "label", "model", "pattern", "rho", "seed", "score", "before_prune",
     "after_prune", "rel_dist_at_prune", "flips_last_update", "updates", "mask_dist_pretrained_magnitude",
-    "mask_dist_dense_magnitude", "epochs", "seconds", "sparsity", "setting",
+    "mask_dist_dense_magnitude", "epochs", "seconds", "sparsity", "setting", "converged",
 ]
 
 #: Config keys that identify a cell of the table rather than a setting of it.
@@ -83,8 +83,9 @@ def load_scores(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
 
     Scores are x100: ``score`` (final), ``before_prune`` and ``after_prune`` where the
     method prunes.  ``rel_dist_at_prune``, ``flips_last_update`` and ``updates`` are ADMM's
-    diagnostics at the hard prune; ``mask_dist_*`` the fraction of kept positions where
-    the final mask differs from the magnitude mask of the pretrained / dense fine-tuned
+    diagnostics at the hard prune, ``converged`` their verdict against
+    :data:`nxmlab.study.hooks.CONVERGENCE` (``None`` for runs without one); ``mask_dist_*``
+    the fraction of kept positions where the final mask differs from the magnitude mask of the pretrained / dense fine-tuned
     weights.  ``setting`` is the run's config as JSON without its task, seed, method and
     rho, so runs that differ in anything else are never pooled as seeds.  Runs of another
     store version, or with unreadable files, are skipped with a warning naming them.
@@ -112,6 +113,7 @@ def load_scores(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
             "mask_dist_dense_magnitude": dist.get("dense_magnitude"),
             "epochs": config["training"]["num_train_epochs"], "seconds": m.get("seconds"),
             "sparsity": m.get("sparsity", {}).get("mean"), "setting": json.dumps(_flatten(config), sort_keys=True),
+            "converged": diag.get("converged"),
         })
     frame = pd.DataFrame(rows, columns=SCORE_COLUMNS)
     frame.attrs["results_dir"] = str(results_dir)

@@ -9,8 +9,10 @@ process, when the phase had finished before a kill).
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +29,41 @@ from .store import RunFolder, append_jsonl, read_jsonl
 if TYPE_CHECKING:
     from .config import RunSpec
 
-__all__ = ["ADMMHooks", "STAGES", "downsample_dynamics"]
+__all__ = ["ADMMHooks", "STAGES", "downsample_dynamics", "ConvergenceCriteria", "CONVERGENCE", "is_converged"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConvergenceCriteria:
+    """When an ADMM run counts as converged at the hard prune (issue #12).
+
+    Attributes:
+        rel_dist: Largest ``||W - Proj(W)|| / ||W||`` at the prune.
+        flips: Largest fraction of all target positions flipped at each of the last two Z/U updates.
+        z_mask_distance: Largest mask distance of the last Z mask to the final mask.
+        prune_cost_points: Largest drop of the validation score at the prune (x100).
+    """
+
+    rel_dist: float = 0.05
+    flips: float = 0.005
+    z_mask_distance: float = 0.005
+    prune_cost_points: float = 1.0
+
+
+#: The criteria every ADMM run records ``converged`` against.
+CONVERGENCE = ConvergenceCriteria()
+
+
+def is_converged(rel_dist: float, flips_last_two: Sequence[float], z_final_mask_distance: float,
+                 prune_cost_points: float | None, criteria: ConvergenceCriteria = CONVERGENCE) -> bool:
+    """Whether the measured numbers meet ``criteria``; fewer than two Z/U updates, or an
+    unknown prune cost, never count as converged."""
+    return (len(flips_last_two) >= 2 and prune_cost_points is not None
+            and rel_dist <= criteria.rel_dist
+            and all(f <= criteria.flips for f in flips_last_two[-2:])
+            and z_final_mask_distance <= criteria.z_mask_distance
+            and prune_cost_points <= criteria.prune_cost_points)
 
 #: Snapshots of the target weights in ``magnitudes.parquet``.
 STAGES = {
@@ -71,7 +107,7 @@ class ADMMHooks:
         cfg = spec.cfg
         self.spec, self.folder = spec, folder
         self.admm = ADMM(model, targets(model), spec.pattern, rho=cfg.rho, rho_factor=cfg.rho_factor,
-                         rho_max=cfg.rho_max)
+                         rho_max=cfg.rho_max, u_init=cfg.u_init)
         self.start = self._weights()
         self.interval = cfg.admm_interval or steps_per_epoch
 
@@ -86,7 +122,8 @@ class ADMMHooks:
         self.folder.cache.mkdir(parents=True, exist_ok=True)
         return [ADMMCallback(self.admm, self.interval, self.spec.cfg.log_interval,
                              record=lambda rows: append_jsonl(self.folder.raw_dynamics, rows),
-                             on_midpoint=self._midpoint)]
+                             on_midpoint=self._midpoint, penalty_before_clip=self.spec.cfg.penalty_before_clip,
+                             decoupled=self.spec.cfg.decoupled_penalty)]
 
     def resume(self, checkpoint: Path | None, step: int) -> None:
         """Restore the ADMM state of ``checkpoint`` and drop later dynamics, or start a fresh log."""
@@ -104,30 +141,52 @@ class ADMMHooks:
         torch.save({**self.admm.state_dict(), "W": self._weights()}, self.folder.admm_state)
 
     # --- at the end of the run --------------------------------------------------------
-    def finish(self, final_masks: Mapping[str, torch.Tensor], final_model) -> dict[str, Any]:
+    def finish(self, final_masks: Mapping[str, torch.Tensor], final_model,
+               scores: Mapping[str, float] | None = None) -> dict[str, Any]:
         """Write ``dynamics.parquet`` and ``magnitudes.parquet``; return the diagnostics at the prune.
 
         ``rel_dist_at_prune`` is ``||W - Proj(W)|| / ||W||`` over all targets with W at the
         end of ADMM; ``flips_last_update`` the fraction of positions whose mask changed at
-        the last Z/U update; ``updates`` the number of Z/U updates.
+        the last Z/U update (``flips_last_two``: at each of the last two); ``updates`` the
+        number of Z/U updates; ``z_final_mask_distance`` the mask distance of the last Z
+        mask to ``final_masks``; ``prune_cost_points`` ``(before_prune - after_prune) x 100``
+        from ``scores``; ``converged`` the verdict of :func:`is_converged` (a warning when false).
         """
         records = read_jsonl(self.folder.raw_dynamics)
         self.folder.write_frame(RunFolder.DYNAMICS, downsample_dynamics(records))
-        end = torch.load(self.folder.admm_state, weights_only=True)["W"]
+        state = torch.load(self.folder.admm_state, weights_only=True)
+        end = state["W"]
         pruned = sum(float(w.masked_fill(nxm_mask(w, self.spec.pattern), 0).float().pow(2).sum()) for w in end.values())
         total = sum(float(w.float().pow(2).sum()) for w in end.values())
         updates = [r for r in records if r["event"] == "update"]
         last_step = max((r["step"] for r in updates), default=None)
         numel = sum(w.numel() for w in end.values())
         flips = sum(r["flips"] for r in updates if r["step"] == last_step) / numel if updates else None
+        update_steps = sorted({r["step"] for r in updates})
+        flips_last_two = [sum(r["flips"] for r in updates if r["step"] == s) / numel for s in update_steps[-2:]]
+        z_masks = state["masks"]
+        kept = sum(int(m.sum()) for m in final_masks.values()) + sum(int(z_masks[n].sum()) for n in final_masks)
+        differ = sum(int((z_masks[n].bool() ^ m.bool()).sum()) for n, m in final_masks.items())
+        z_distance = differ / kept if kept else 0.0
+        scores = scores or {}
+        cost = (100 * (scores["before_prune"] - scores["after_prune"])
+                if "before_prune" in scores and "after_prune" in scores else None)
         modules = dict(final_model.named_modules())
         snapshots = {"start": self.start, "admm_end": end,
                      "final": {n: modules[n].weight.detach() for n in final_masks}}
         if self.folder.mid_weights.is_file():
             snapshots["admm_mid"] = load_file(self.folder.mid_weights)
         self.folder.write_frame(RunFolder.MAGNITUDES, magnitude_sample(snapshots, final_masks))
-        return {"rel_dist_at_prune": math.sqrt(pruned / total) if total > 0 else 0.0,
-                "flips_last_update": flips, "updates": len({r["step"] for r in updates})}
+        rel_dist = math.sqrt(pruned / total) if total > 0 else 0.0
+        converged = is_converged(rel_dist, flips_last_two, z_distance, cost)
+        if not converged:
+            logger.warning("%s: ADMM did not converge before the hard prune (rel. distance %.4g, flips at the last two "
+                           "updates %s, last Z mask vs final mask %.4g, prune cost %s points; criteria %s)",
+                           self.folder.name, rel_dist, [round(f, 5) for f in flips_last_two], z_distance,
+                           "unknown" if cost is None else f"{cost:.3g}", CONVERGENCE)
+        return {"rel_dist_at_prune": rel_dist, "flips_last_update": flips, "updates": len(update_steps),
+                "flips_last_two": flips_last_two, "z_final_mask_distance": z_distance, "prune_cost_points": cost,
+                "converged": converged}
 
 
 def magnitude_sample(snapshots: Mapping[str, Mapping[str, torch.Tensor]], masks: Mapping[str, torch.Tensor],

@@ -17,9 +17,9 @@ tests.
                   (``mask_source="pretrained"``: of the pretrained one), then
                   ``num_train_epochs`` with the mask fixed.
 ``unstructured``  the same with an unstructured magnitude mask at the same density (reference).
-``admm``          NxMTransformer: ``num_train_epochs`` of ADMM from the pretrained model (or the
-                  dense one with ``admm_init="dense"``), hard prune by projection, then
-                  ``retrain_epochs`` with the masks fixed.
+``admm``          NxMTransformer: ``num_train_epochs`` (or ``admm_steps`` optimizer steps) of ADMM
+                  from the pretrained model (or the dense one with ``admm_init="dense"``), hard
+                  prune by projection, then ``retrain_epochs`` with the masks fixed (none when 0).
 ================  =======================================================================
 """
 
@@ -110,7 +110,10 @@ class Train:
 
     Attributes:
         name: Phase name (``finetune``, ``admm``, ``retrain``): checkpoints, logs, timings.
-        epochs: The config field giving its length (``num_train_epochs`` or ``retrain_epochs``).
+        epochs: The config field giving its length (``num_train_epochs`` or ``retrain_epochs``);
+            a phase of 0 epochs is skipped.
+        steps: A config field giving its length in optimizer steps instead, when set
+            (``admm_steps``), or ``None``.
         hooks: A class building extra callbacks for this phase (see
             :class:`nxmlab.study.hooks.ADMMHooks`), or ``None``.
     """
@@ -118,6 +121,7 @@ class Train:
     name: str
     epochs: str = "num_train_epochs"
     hooks: type | None = None
+    steps: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,9 @@ class Method:
             starts from.
         kd: Whether ``--kd`` (distillation from the dense model) applies.
         options: RunConfig fields that change this method's result (its identity).
+        optional: RunConfig fields that change its result too, but enter its identity only
+            when they differ from their default (options added later: older runs keep
+            their folder names).
     """
 
     name: str
@@ -150,6 +157,11 @@ class Method:
     start: Callable[[RunSpec], str] = lambda spec: "pretrained"
     kd: bool = True
     options: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+
+    def uses(self, option: str) -> bool:
+        """``option`` is one of this method's options (always or when not default)."""
+        return option in self.options or option in self.optional
 
     @property
     def sparse(self) -> bool:
@@ -200,9 +212,10 @@ register(Method("dense", "fine-tune the pretrained model (the KD teacher and ASP
 register(Method("magnitude", "NVIDIA ASP: one-shot magnitude n:m mask of the dense model, then masked fine-tuning",
                 (Prune(MAGNITUDE), Train("finetune")), start=_dense_start, options=("mask_source",)))
 register(Method("admm", "NxMTransformer: ADMM fine-tuning towards n:m, hard prune, masked retraining",
-                (Train("admm", hooks=ADMMHooks), Prune(PROJECTION), Train("retrain", "retrain_epochs")),
+                (Train("admm", hooks=ADMMHooks, steps="admm_steps"), Prune(PROJECTION), Train("retrain", "retrain_epochs")),
                 start=_admm_start,
-                options=("rho", "rho_factor", "rho_max", "admm_interval", "admm_init", "retrain_epochs")))
+                options=("rho", "rho_factor", "rho_max", "admm_interval", "admm_init", "retrain_epochs"),
+                optional=("u_init", "penalty_before_clip", "train_only_targets", "admm_steps", "decoupled_penalty")))
 register(Method("unstructured", "reference: unstructured magnitude mask at the same density, then masked fine-tuning",
                 (Prune(UNSTRUCTURED), Train("finetune")), start=_dense_start, options=("mask_source",)))
 

@@ -36,7 +36,7 @@ from ..callbacks import (
 )
 from ..masking import apply_masks, magnitude_nxm_masks
 from ..nxm import is_nxm
-from ..targets import select_targets
+from ..targets import select_targets, train_only
 from .config import NxMTrainingArguments, RunConfig, RunSpec
 from .data import load_glue, tokenize_glue
 from .frames import mask_distance_table
@@ -156,6 +156,11 @@ class _Run:
         args = copy.deepcopy(self.spec.args)
         args.output_dir = str(self.folder.checkpoint_dir(step.name))
         args.num_train_epochs = self.spec.epochs(step.epochs)
+        max_steps = getattr(self.spec.cfg, step.steps) if step.steps else None
+        if max_steps is not None:
+            args.max_steps = int(max_steps)
+        if self.spec.method.uses("train_only_targets") and self.spec.cfg.train_only_targets:
+            train_only(model, self.targets(model))
         callbacks = [*(hooks.callbacks() if hooks else []), *([FixedMaskCallback(fixed)] if fixed else []),
                      *self.extra_callbacks, FiniteGuard(step.name), CheckpointMarker(step.name)]
         kwargs: dict[str, Any] = dict(model=model, args=args, train_dataset=self.train, data_collator=self.collator,
@@ -184,11 +189,14 @@ class _Run:
         model.save_pretrained(tmp)
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
+        per_epoch = (per_step * self.steps_per_epoch() if max_steps is not None
+                     else per_step * trainer.state.max_steps / args.num_train_epochs)
         self.state["phases"][step.name] = {
             "epochs": args.num_train_epochs, "steps": steps, "seconds": seconds, "seconds_per_step": per_step,
-            "seconds_per_epoch": per_step * trainer.state.max_steps / args.num_train_epochs,
-            "resumed_from_step": start_step,
+            "seconds_per_epoch": per_epoch, "resumed_from_step": start_step,
         }
+        if max_steps is not None:
+            self.state["phases"][step.name]["epochs"] = steps / self.steps_per_epoch()
         self.save_state()
         shutil.rmtree(self.folder.checkpoint_dir(step.name), ignore_errors=True)
         return model
@@ -208,13 +216,18 @@ class _Run:
         model = copy.deepcopy(dense_model) if spec.method.start(spec) == "dense" else self.pretrained
         fixed = masks = None
         all_hooks = []
+        self.pruned_last = False  # the final model is the pruned one, not a saved phase's
         for step in spec.method.steps:
             if isinstance(step, Prune):
                 self.evaluate("before_prune", model)
                 masks = step.rule.choose(MaskContext(spec, model, self.pretrained, dense_model, self.targets))
                 fixed = apply_masks(model, masks)
                 self.evaluate("after_prune", model)
+                self.pruned_last = True
                 continue
+            if not (step.steps and getattr(spec.cfg, step.steps)) and spec.epochs(step.epochs) == 0:
+                continue  # e.g. retrain_epochs 0: no phase at all
+            self.pruned_last = False
             hooks = step.hooks(spec, self.folder, model, self.targets, self.steps_per_epoch()) if step.hooks else None
             trained = self.phase(step, model, fixed, teacher, hooks)
             if trained is not model and masks is not None:  # loaded from disk: fix the masks on it
@@ -249,14 +262,17 @@ class _Run:
             folder.write_frame(RunFolder.MASK_DISTANCES, frame)
             distances = {name: float(t["differ"].sum() / t["kept"].sum()) for name, t in
                          zip(references, tables, strict=True)}
+            scores = {key: self.score(result) for key, result in self.state["eval"].items()}
             for hooks in all_hooks:
-                diagnostics.update(hooks.finish(masks, model))
+                diagnostics.update(hooks.finish(masks, model, scores))
         # the final model, copied into the cache (phase folders stay until metrics.json is
         # written, so a kill anywhere in here leaves a run that resumes)
-        last = list(self.state["phases"])[-1]
         target, tmp = folder.model_dir, folder.cache / ".model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(folder.phase_dir(last), tmp)
+        if self.pruned_last:  # no phase after the prune: the pruned model is the final one
+            model.save_pretrained(tmp)
+        else:
+            shutil.copytree(folder.phase_dir(list(self.state["phases"])[-1]), tmp)
         self.tokenizer.save_pretrained(tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)

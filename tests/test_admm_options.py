@@ -1,0 +1,361 @@
+"""ADMM fidelity options and convergence levers (issue #12), on toy problems and the `tiny` model."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+
+import pytest
+import torch
+from torch import nn
+from transformers import Trainer, TrainingArguments
+from transformers.optimization import get_linear_schedule_with_warmup
+
+from nxmlab.admm import ADMM
+from nxmlab.callbacks import ADMMCallback, lr_budget, planned_lr_sum
+from nxmlab.nxm import is_nxm, nxm_mask, project
+from nxmlab.study.config import NxMTrainingArguments, RunConfig, RunSpec, non_default
+from nxmlab.study.hooks import CONVERGENCE, ConvergenceCriteria, is_converged
+from nxmlab.targets import select_targets, train_only
+
+from ._tiny import toy_batch, toy_bert
+from .test_admm import least_squares, ls_loss
+
+# --------------------------------------------------------------------------- identity
+#: A default-config admm run as computed on the branch's first commit (0d8f97f), before
+#: any of these options existed: its canonical dict and its folder name must not change.
+FIRST_COMMIT_CANONICAL = {
+    "admm_init": "pretrained", "admm_interval": None,
+    "components": ["query", "key", "value", "attn_out", "ffn1", "ffn2"], "eval_limit": None, "kd": False,
+    "max_seq_length": 128, "method": "admm", "model": "minilm-l6", "pattern": "4:2", "retrain_epochs": 2.0,
+    "rho": 0.001, "rho_factor": 1.0, "rho_max": None, "store_version": 2, "task": "rte", "train_limit": None,
+    "training": {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-08, "bf16": False, "data_seed": None,
+                 "fp16": False, "gradient_accumulation_steps": 1, "learning_rate": 5e-05,
+                 "lr_scheduler_type": "linear", "max_grad_norm": 1.0, "max_steps": -1, "num_train_epochs": 3.0,
+                 "optim": "adamw_torch_fused", "per_device_train_batch_size": 32, "seed": 42,
+                 "train_sampling_strategy": "group_by_length", "warmup_steps": 0.1, "weight_decay": 0.01},
+}
+FIRST_COMMIT_FOLDER = "admm-4x2-rho0.001-minilm-l6-seed42-a263599a51"
+#: sha256 of the sorted folder names of every run of every preset (all studies), first commit.
+FIRST_COMMIT_PRESET_RUNS = (198, "20feda40e34c144e2b6cf7aa52d35d995c57eb9aabb7c70723e0c043676b2e06")
+
+NEW_OPTIONS = {"u_init": "residual", "penalty_before_clip": True, "train_only_targets": True, "admm_steps": 7,
+               "decoupled_penalty": True}
+
+
+def _spec(**overrides) -> RunSpec:
+    return RunSpec.parse(RunConfig(method="admm", results_dir="r", **overrides), NxMTrainingArguments())
+
+
+def test_default_admm_run_keeps_its_identity():
+    spec = _spec()
+    assert spec.canonical() == FIRST_COMMIT_CANONICAL
+    assert spec.folder().name == FIRST_COMMIT_FOLDER
+
+
+def test_every_preset_run_keeps_its_folder_name():
+    from nxmlab.study.presets import PRESETS, preset_runs
+
+    names = sorted(str(s.folder().rel) for p in PRESETS for s in preset_runs(p, "all", results_dir="results"))
+    assert (len(names), hashlib.sha256("\n".join(names).encode()).hexdigest()) == FIRST_COMMIT_PRESET_RUNS
+
+
+@pytest.mark.parametrize("option, value", [(k, v) for k, v in NEW_OPTIONS.items() if k != "decoupled_penalty"]
+                         + [("decoupled_penalty", True)])
+def test_a_non_default_option_enters_the_identity(option, value):
+    spec = _spec(**{option: value})
+    assert spec.canonical() == {**FIRST_COMMIT_CANONICAL, option: value}
+    assert spec.folder().name != FIRST_COMMIT_FOLDER
+    assert non_default(spec.cfg, tuple(NEW_OPTIONS)) == {option: value}
+    dense = RunSpec.parse(RunConfig(method="dense", results_dir="r", **{option: value}), NxMTrainingArguments())
+    assert option not in dense.canonical()  # not a dense option
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"u_init": "random"}, "u_init must be one of zero, residual"),
+    ({"penalty_before_clip": "yes"}, "penalty_before_clip must be true or false"),
+    ({"train_only_targets": 1}, "train_only_targets must be true or false"),
+    ({"penalty_before_clip": True, "decoupled_penalty": True}, "exclude each other"),
+    ({"admm_steps": 0}, "admm_steps must be a positive integer"),
+    ({"admm_steps": 2.5}, "admm_steps must be a positive integer"),
+    ({"retrain_epochs": -1.0}, "retrain_epochs must be > 0, or 0"),
+    ({"retrain_epochs": float("nan")}, "retrain_epochs must be > 0, or 0"),
+])
+def test_parse_rejects_bad_options(overrides, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        _spec(**overrides)
+
+
+def test_parse_accepts_no_retraining_and_rejects_fp16_before_clip():
+    assert _spec(retrain_epochs=0).canonical()["retrain_epochs"] == 0.0
+    with pytest.raises(ValueError, match="fp16"):
+        RunSpec.parse(RunConfig(method="admm", penalty_before_clip=True),
+                      NxMTrainingArguments(fp16=True, use_cpu=True))
+
+
+# ------------------------------------------------------------------- method layer
+def test_u_init_residual_starts_u_at_w_minus_projection():
+    model = toy_bert()
+    targets = select_targets(model)
+    zero = ADMM(model, targets, "4:2")
+    residual = ADMM(model, targets, "4:2", u_init="residual")
+    for name, module in targets.items():
+        w = module.weight.detach()
+        assert not zero.U[name].any()
+        torch.testing.assert_close(residual.U[name], w - project(w, "4:2"), rtol=0, atol=0)
+        assert torch.equal(residual.Z[name], zero.Z[name])
+    with pytest.raises(ValueError, match="u_init"):
+        ADMM(model, targets, "4:2", u_init="ones")
+
+
+def test_decoupled_step_moves_w_towards_z_minus_u():
+    layer = nn.Linear(8, 2, bias=False)
+    admm = ADMM(layer, {"fc": layer}, "4:2", rho=0.5, u_init="residual")
+    w0 = layer.weight.detach().clone()
+    expected = w0 - 0.1 * 0.5 * (w0 - admm.Z["fc"] + admm.U["fc"])
+    admm.decoupled_step(0.1)
+    torch.testing.assert_close(layer.weight.detach(), expected)
+    assert layer.weight.grad is None  # no gradient involved
+
+
+def test_pruned_mean_abs_on_a_known_case():
+    layer = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[4.0, -3.0, 2.0, -1.0], [0.5, 0.0, -8.0, 1.5]]))
+    admm = ADMM(layer, {"fc": layer}, "4:2")
+    assert admm.pruned_mean_abs() == pytest.approx((2 + 1 + 0.5 + 0) / 4)
+
+
+def test_train_only_freezes_everything_but_the_targets():
+    model = toy_bert()
+    targets = select_targets(model)
+    trainable = train_only(model, targets)
+    expected = {f"{n}.{p}" for n in targets for p in ("weight", "bias")}
+    assert set(trainable) == expected
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
+    assert not model.classifier.weight.requires_grad and not model.bert.embeddings.word_embeddings.weight.requires_grad
+
+
+# ------------------------------------------------------------------ learning-rate plan
+def test_planned_lr_sum_follows_the_scheduler():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = get_linear_schedule_with_warmup(opt, num_warmup_steps=3, num_training_steps=10)
+    planned = planned_lr_sum(scheduler, 10)
+    stepped = 0.0
+    for _ in range(10):
+        stepped += opt.param_groups[0]["lr"]
+        opt.step()
+        scheduler.step()
+    assert planned == pytest.approx(stepped)
+    # warm-up 0, 1/3, 2/3, then linear decay 7/7 ... 1/7
+    assert planned == pytest.approx(1e-3 * (0 + 1 / 3 + 2 / 3 + sum(k / 7 for k in range(1, 8))))
+    assert planned_lr_sum(object(), 10) is None
+
+
+def test_lr_budget_warns_only_when_the_sum_is_too_small():
+    enough, message = lr_budget(0.004, 0.023)
+    assert not enough and "0.004" in message and "0.023" in message and "too small" in message
+    enough, message = lr_budget(0.05, 0.023)
+    assert enough and "too small" not in message
+
+
+# --------------------------------------------------------------- Trainer integration
+class _Toy(torch.utils.data.Dataset):
+    def __init__(self, n: int = 16) -> None:
+        batch = toy_batch(batch=n, seed=3)
+        self.rows = [{k: v[i] for k, v in batch.items()} for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def _train_toy(tmp_path, max_grad_norm: float, before_clip: bool = False, decoupled: bool = False,
+               accumulation: int = 1, steps: int = 4, lr: float = 0.1):
+    """A few SGD steps of the toy BERT with ADMM (SGD: Adam would blow rounding-level
+    differences of the summation order up to whole steps where gradients are ~0)."""
+    model = toy_bert()
+    admm = ADMM(model, select_targets(model), "4:2", rho=2.0, u_init="residual")
+    callback = ADMMCallback(admm, interval=2, log_interval=1, penalty_before_clip=before_clip, decoupled=decoupled)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4 // accumulation,
+                             gradient_accumulation_steps=accumulation, max_steps=steps, learning_rate=lr,
+                             max_grad_norm=max_grad_norm, save_strategy="no", report_to="none", use_cpu=True,
+                             disable_tqdm=True, seed=0, warmup_steps=0, logging_steps=1000, optim="sgd")
+    Trainer(model=model, args=args, train_dataset=_Toy(), callbacks=[callback]).train()
+    return {n: p.detach().clone() for n, p in model.named_parameters()}, callback
+
+
+def _max_diff(a, b):
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.mark.slow
+def test_penalty_before_clip_differs_only_when_clipping_is_active(tmp_path):
+    clipped_after, _ = _train_toy(tmp_path, max_grad_norm=0.05)
+    clipped_before, _ = _train_toy(tmp_path, max_grad_norm=0.05, before_clip=True)
+    assert _max_diff(clipped_after, clipped_before) > 1e-4
+    free_after, _ = _train_toy(tmp_path, max_grad_norm=0.0)
+    free_before, _ = _train_toy(tmp_path, max_grad_norm=0.0, before_clip=True)
+    huge_before, _ = _train_toy(tmp_path, max_grad_norm=1e9, before_clip=True)
+    assert _max_diff(free_after, free_before) < 1e-5
+    assert _max_diff(free_after, huge_before) < 1e-5
+    assert _max_diff(free_after, clipped_after) > 1e-4  # clipping does bite in this setting
+
+
+@pytest.mark.slow
+def test_penalty_before_clip_is_added_once_per_step_under_accumulation(tmp_path):
+    # two micro-batches per optimizer step, no clipping: the default adds the penalty once, at
+    # on_pre_optimizer_step; before_clip must too (twice would double the pull towards Z)
+    after, _ = _train_toy(tmp_path, max_grad_norm=0.0, accumulation=2, steps=3)
+    before, _ = _train_toy(tmp_path, max_grad_norm=0.0, before_clip=True, accumulation=2, steps=3)
+    assert _max_diff(after, before) < 1e-5
+    clipped, _ = _train_toy(tmp_path, max_grad_norm=0.05, before_clip=True, accumulation=2, steps=3)
+    assert _max_diff(before, clipped) > 1e-4
+
+
+@pytest.mark.slow
+def test_decoupled_penalty_replaces_the_gradient_penalty(tmp_path, caplog):
+    coupled, _ = _train_toy(tmp_path, max_grad_norm=0.0)
+    with caplog.at_level(logging.INFO, logger="nxmlab.callbacks"):
+        decoupled, callback = _train_toy(tmp_path, max_grad_norm=0.0, decoupled=True)
+    assert _max_diff(coupled, decoupled) > 1e-4
+    lr_sum, mean_abs = callback.lr_plan
+    assert lr_sum == pytest.approx(0.1 * (4 + 3 + 2 + 1) / 4)  # linear decay over 4 steps, no warm-up
+    assert mean_abs > 0 and "planned sum of the learning rate" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="nxmlab.callbacks"):
+        caplog.clear()
+        _train_toy(tmp_path, max_grad_norm=0.0, lr=1e-6, steps=2)
+    assert any(r.levelno == logging.WARNING and "too small" in r.getMessage() for r in caplog.records)
+
+
+def test_decoupled_callback_uses_the_current_learning_rate():
+    layer = nn.Linear(8, 2, bias=False)
+    admm = ADMM(layer, {"fc": layer}, "4:2", rho=0.5, u_init="residual")
+    callback = ADMMCallback(admm, 1, 1, decoupled=True)
+    w0 = layer.weight.detach().clone()
+    expected = w0 - 0.2 * 0.5 * (w0 - admm.Z["fc"] + admm.U["fc"])
+    callback.on_pre_optimizer_step(None, None, None)
+    assert layer.weight.grad is None  # no penalty gradient
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.2)
+    callback.on_optimizer_step(None, None, None, optimizer=optimizer)
+    torch.testing.assert_close(layer.weight.detach(), expected)
+    with pytest.raises(ValueError, match="exclude"):
+        ADMMCallback(admm, 1, 1, decoupled=True, penalty_before_clip=True)
+
+
+# -------------------------------------------------------------------- convergence
+def test_convergence_decision_on_hand_made_numbers():
+    good = dict(rel_dist=0.04, flips_last_two=[0.001, 0.0], z_final_mask_distance=0.002, prune_cost_points=0.5)
+    assert is_converged(**good)
+    assert is_converged(**{**good, "rel_dist": 0.05, "prune_cost_points": 1.0})  # thresholds are inclusive
+    for key, bad in (("rel_dist", 0.051), ("flips_last_two", [0.006, 0.0]), ("flips_last_two", [0.0, 0.0051]),
+                     ("flips_last_two", [0.0]), ("z_final_mask_distance", 0.0051), ("prune_cost_points", 1.01),
+                     ("prune_cost_points", None)):
+        assert not is_converged(**{**good, key: bad}), (key, bad)
+    assert is_converged(**{**good, "flips_last_two": [0.3, 0.001, 0.0]})  # only the last two count
+    assert (CONVERGENCE.rel_dist, CONVERGENCE.flips, CONVERGENCE.z_mask_distance,
+            CONVERGENCE.prune_cost_points) == (0.05, 0.005, 0.005, 1.0)
+    strict = ConvergenceCriteria(rel_dist=0.01)
+    assert not is_converged(**good, criteria=strict)
+
+
+def test_rising_rho_drives_flips_to_zero_and_the_distance_below_1e_3():
+    x, y = least_squares(0)
+    layer = nn.Linear(16, 4, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+    admm = ADMM(layer, {"fc": layer}, "4:2", rho=0.05, rho_factor=1.3, rho_max=50.0)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.02)
+    history = []
+    for _ in range(40):
+        for _ in range(25):
+            opt.zero_grad()
+            ls_loss(layer.weight, x, y).backward()
+            admm.add_penalty_grad()
+            opt.step()
+        history.append(admm.update()["fc"])
+    assert history[-1].rel_dist < 1e-3
+    assert [d.flips for d in history[-5:]] == [0] * 5
+    assert torch.equal(admm.masks["fc"], nxm_mask(layer.weight, "4:2"))  # last Z mask == final mask
+    # constant rho (the same start) does not get there in the same number of updates
+    const = nn.Linear(16, 4, bias=False)
+    with torch.no_grad():
+        const.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+    admm_c = ADMM(const, {"fc": const}, "4:2", rho=0.05)
+    opt_c = torch.optim.SGD(const.parameters(), lr=0.02)
+    for _ in range(40):
+        for _ in range(25):
+            opt_c.zero_grad()
+            ls_loss(const.weight, x, y).backward()
+            admm_c.add_penalty_grad()
+            opt_c.step()
+        last = admm_c.update()["fc"]
+    assert last.rel_dist > 1e-3
+
+
+# ------------------------------------------------------------------ end to end (tiny)
+def _tiny_run(results, glue_dir, **overrides):
+    cfg = RunConfig(task="rte", method="admm", model="tiny", train_limit=32, eval_limit=16, results_dir=str(results),
+                    glue_dir=str(glue_dir), log_interval=1, retrain_epochs=1.0, admm_interval=2)
+    cfg = dataclasses.replace(cfg, **overrides)
+    args = NxMTrainingArguments(num_train_epochs=1, per_device_train_batch_size=8, per_device_eval_batch_size=16,
+                                learning_rate=1e-3, save_steps=100, logging_steps=100, disable_tqdm=True,
+                                report_to="none")
+    return RunSpec.parse(cfg, args)
+
+
+@pytest.mark.slow
+def test_authors_setting_end_to_end_on_tiny(tmp_path, glue_dir):
+    from safetensors.torch import load_file
+
+    from nxmlab.study.frames import load_scores
+    from nxmlab.study.models import load_model_and_tokenizer
+    from nxmlab.study.recipe import run_experiment
+    from nxmlab.study.store import RunFolder, load_masks
+
+    spec = _tiny_run(tmp_path, glue_dir, u_init="residual", penalty_before_clip=True, train_only_targets=True,
+                     admm_steps=6, retrain_epochs=0.0)
+    metrics = run_experiment(spec)
+    run = spec.folder()
+    assert list(metrics["phases"]) == ["admm"]  # no retraining phase at all
+    assert metrics["phases"]["admm"]["steps"] == 6  # admm_steps, not one epoch (4 steps)
+    assert not run.phase_dir("retrain").exists()
+    diag = metrics["diagnostics"]
+    assert diag["updates"] == 3 and len(diag["flips_last_two"]) == 2
+    assert isinstance(diag["converged"], bool)
+    assert 0 <= diag["z_final_mask_distance"] <= 1
+    assert metrics["eval"]["final"] == metrics["eval"]["after_prune"]  # the final model is the pruned one
+    # the final weights are Proj(W at the end of ADMM); the non-targets never moved
+    final = load_file(run.model_dir / "model.safetensors")
+    end = torch.load(run.admm_state, weights_only=True)["W"]
+    masks = load_masks(run.masks_file, "final")["final"]
+    for name, w in end.items():
+        assert torch.equal(final[f"{name}.weight"], project(w, "4:2")), name
+        assert is_nxm(final[f"{name}.weight"], "4:2")
+        assert torch.equal(masks[name], nxm_mask(w, "4:2"))
+    pretrained, _ = load_model_and_tokenizer("tiny", 2, seed=spec.seed)
+    for key, value in pretrained.state_dict().items():
+        module = key.rsplit(".", 1)[0]
+        if module not in end and key in final:
+            assert torch.equal(final[key], value), key
+    scores = load_scores(tmp_path)
+    assert list(scores["converged"]) == [diag["converged"]]
+    row = scores.iloc[0]
+    assert diag["prune_cost_points"] == pytest.approx(row["before_prune"] - row["after_prune"])
+    assert run.read_frame(RunFolder.DYNAMICS)["event"].eq("update").sum() == 3 * 12
+
+
+@pytest.mark.slow
+def test_decoupled_penalty_end_to_end_on_tiny(tmp_path, glue_dir):
+    from nxmlab.study.recipe import run_experiment
+
+    base = run_experiment(_tiny_run(tmp_path / "a", glue_dir))
+    decoupled = run_experiment(_tiny_run(tmp_path / "b", glue_dir, decoupled_penalty=True, rho=10.0))
+    assert list(decoupled["phases"]) == ["admm", "retrain"]
+    assert isinstance(decoupled["diagnostics"]["converged"], bool)
+    assert "converged" in base["diagnostics"]
+    assert decoupled["diagnostics"]["rel_dist_at_prune"] != base["diagnostics"]["rel_dist_at_prune"]
+
