@@ -202,8 +202,8 @@ def make_run(preset: Preset, task: str, label: str, seed: int, results_dir: str 
 
 def _with_dense(preset: Preset, task: str, seed: int, labels: list[str]) -> list[str]:
     """``labels`` with ``dense`` first when one of them needs the dense run."""
-    if "dense" not in labels and any(make_run(preset, task, lb, seed).method.needs_dense(
-            make_run(preset, task, lb, seed)) for lb in labels):
+    specs = [make_run(preset, task, label, seed) for label in labels]
+    if "dense" not in labels and any(spec.method.needs_dense(spec) for spec in specs):
         labels = ["dense", *labels]
     return labels
 

@@ -43,7 +43,7 @@ from .frames import mask_distance_table
 from .methods import MaskContext, Prune
 from .metrics import compute_metrics_fn, glue_score
 from .models import load_model_and_tokenizer
-from .store import RunFolder, StoreVersionError, save_masks
+from .store import STORE_VERSION, RunFolder, StoreVersionError, config_hash, save_masks
 
 __all__ = ["run_experiment", "NonFiniteError"]
 
@@ -277,8 +277,8 @@ class _Run:
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
         metrics = {
-            "status": "finished", "store_version": spec.canonical()["store_version"], "nxmlab_version": __version__,
-            "config_hash": folder.name.rsplit("-", 1)[-1],
+            "status": "finished", "store_version": STORE_VERSION, "nxmlab_version": __version__,
+            "config_hash": config_hash(spec.canonical()),
             "task": spec.task.name, "method": spec.method.name, "kd": spec.kd, "model": spec.cfg.model,
             "seed": spec.seed, "pattern": str(spec.pattern) if spec.method.sparse else None,
             "rho": spec.cfg.rho if "rho" in spec.method.options else None,
