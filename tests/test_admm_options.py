@@ -262,12 +262,13 @@ def test_convergence_decision_on_hand_made_numbers():
     assert not is_converged(**good, criteria=strict)
 
 
-def test_rising_rho_drives_flips_to_zero_and_the_distance_below_1e_3():
+def _toy_admm(**schedule):
+    """The least-squares toy of tests/test_admm.py, 40 Z/U updates of 25 SGD steps each."""
     x, y = least_squares(0)
     layer = nn.Linear(16, 4, bias=False)
     with torch.no_grad():
         layer.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
-    admm = ADMM(layer, {"fc": layer}, "4:2", rho=0.05, rho_factor=1.3, rho_max=50.0)
+    admm = ADMM(layer, {"fc": layer}, "4:2", **schedule)
     opt = torch.optim.SGD(layer.parameters(), lr=0.02)
     history = []
     for _ in range(40):
@@ -277,23 +278,17 @@ def test_rising_rho_drives_flips_to_zero_and_the_distance_below_1e_3():
             admm.add_penalty_grad()
             opt.step()
         history.append(admm.update()["fc"])
+    return layer, admm, history
+
+
+def test_rising_rho_drives_flips_to_zero_and_the_distance_below_1e_3():
+    layer, admm, history = _toy_admm(rho=0.05, rho_factor=1.3, rho_max=50.0)
     assert history[-1].rel_dist < 1e-3
     assert [d.flips for d in history[-5:]] == [0] * 5
     assert torch.equal(admm.masks["fc"], nxm_mask(layer.weight, "4:2"))  # last Z mask == final mask
     # constant rho (the same start) does not get there in the same number of updates
-    const = nn.Linear(16, 4, bias=False)
-    with torch.no_grad():
-        const.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
-    admm_c = ADMM(const, {"fc": const}, "4:2", rho=0.05)
-    opt_c = torch.optim.SGD(const.parameters(), lr=0.02)
-    for _ in range(40):
-        for _ in range(25):
-            opt_c.zero_grad()
-            ls_loss(const.weight, x, y).backward()
-            admm_c.add_penalty_grad()
-            opt_c.step()
-        last = admm_c.update()["fc"]
-    assert last.rel_dist > 1e-3
+    _, _, constant = _toy_admm(rho=0.05)
+    assert constant[-1].rel_dist > 1e-3
 
 
 # ------------------------------------------------------------------ end to end (tiny)
