@@ -56,20 +56,20 @@ QUICK = {"model": "tiny", "batch": 4, "max_seq_length": 32, "sample_rows": 64, "
 
 
 # ====================================================================== pure projection
-def _runs_of(preset, studies: Iterable[str]) -> list[tuple[str, str, int, float | None]]:
-    """``(task, label, seed, rho)`` of every run of the studies, deduplicated, in order.
+def _runs_of(preset, studies: Iterable[str]) -> list[tuple[str, str, int, float | None, dict[str, float]]]:
+    """``(task, label, seed, rho, lengths)`` of every run of the studies, deduplicated, in order.
 
-    ``rho`` is filled in for ADMM runs (the preset's default where the study gives none)
-    so that a run shared by two studies is counted once, as :func:`preset_runs` does.
+    The runs are :func:`preset_runs`'s (so budgets and convergence variants apply);
+    ``rho`` is filled in for ADMM runs, ``lengths`` maps each phase-length field
+    (``num_train_epochs``, ``retrain_epochs``) to its epochs in that run.
     """
-    from nxmlab.study.presets import study_keys
+    from nxmlab.study.presets import preset_runs
 
-    out, seen = [], set()
-    for task, label, seed, rho in study_keys(preset, list(studies)):
-        key = (task, label, seed, (float(preset.rho) if rho is None else float(rho)) if _has_rho(label) else None)
-        if key not in seen:
-            seen.add(key)
-            out.append(key)
+    out = []
+    for spec in preset_runs(preset, list(studies)):
+        rho = float(spec.cfg.rho) if _has_rho(spec.label) else None
+        lengths = {step.epochs: spec.epochs(step.epochs) for step in spec.method.phases}
+        out.append((spec.task.name, spec.label, spec.seed, rho, lengths))
     return out
 
 
@@ -79,7 +79,7 @@ def _has_rho(label: str) -> bool:
     return "rho" in parse_label(label)[0].options
 
 
-def _phases(label: str, epochs: float, retrain_epochs: float) -> list[tuple[str, str, float]]:
+def _phases(label: str, lengths: Mapping[str, float]) -> list[tuple[str, str, float]]:
     """``(phase, step kind, epochs)`` of one run of a method label, from the method registry.
 
     Kinds: ``dense`` (no mask), ``admm`` (a phase with hooks), ``fixed`` (after the prune),
@@ -88,7 +88,6 @@ def _phases(label: str, epochs: float, retrain_epochs: float) -> list[tuple[str,
     from nxmlab.study.methods import Prune, parse_label
 
     method, kd = parse_label(label)
-    lengths = {"num_train_epochs": epochs, "retrain_epochs": retrain_epochs}
     out, pruned = [], False
     for step in method.steps:
         if isinstance(step, Prune):
@@ -117,7 +116,7 @@ def step_seconds(table_: Mapping[str, float], kind: str) -> float | None:
 
 
 def project_preset_seconds(preset, seconds_per_step: Mapping[str, Mapping[str, float]],
-                           studies: Iterable[str] = ("table", "rho", "dynamics"),
+                           studies: Iterable[str] = ("table", "rho", "dynamics", "convergence"),
                            train_sizes: Mapping[str, int] | None = None,
                            eval_sizes: Mapping[str, int] | None = None,
                            update_seconds: Mapping[str, float] | float = 0.0,
@@ -156,13 +155,13 @@ def project_preset_seconds(preset, seconds_per_step: Mapping[str, Mapping[str, f
     by_task: dict[str, float] = {}
     by_label: dict[str, float] = {}
     total = remaining = 0.0
-    for task, label, seed, rho in _runs_of(preset, studies):
+    for task, label, seed, rho, lengths in _runs_of(preset, studies):
         n_train = train_sizes[task] if preset.train_limit is None else min(train_sizes[task], preset.train_limit)
         n_eval = eval_sizes[task] if preset.eval_limit is None else min(eval_sizes[task], preset.eval_limit)
         steps_per_epoch = math.ceil(n_train / preset.batch_size)
         table_ = seconds_per_step.get(task, {})
         phases, seconds, steps, ok = [], 0.0, 0, True
-        for phase, kind, epochs in _phases(label, float(preset.epochs), float(preset.retrain_epochs)):
+        for phase, kind, epochs in _phases(label, lengths):
             per_step = step_seconds(table_, kind)
             phase_steps = math.ceil(epochs * steps_per_epoch)
             if per_step is None:
@@ -218,7 +217,7 @@ def store_records(results_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def _phases_kinds(label: str) -> list[tuple[str, str]]:
-    return [(ph, kind) for ph, kind, _ in _phases(label, 1.0, 1.0)]
+    return [(ph, kind) for ph, kind, _ in _phases(label, {"num_train_epochs": 1.0, "retrain_epochs": 1.0})]
 
 
 # ========================================================================= measurement

@@ -41,7 +41,7 @@ from torch import nn
 from .nxm import NxM, nxm_mask, nxm_mask_and_project
 from .targets import select_targets
 
-__all__ = ["ADMM", "ADMMDiagnostics", "U_INITS", "validate_rho"]
+__all__ = ["ADMM", "ADMMDiagnostics", "U_INITS", "validate_rho", "loss_free_run"]
 
 #: How U starts: ``zero`` (nxmlab's default) or ``residual`` (``W - Proj(W)``, the authors' code).
 U_INITS = ("zero", "residual")
@@ -195,9 +195,10 @@ class ADMM:
         The decoupled penalty: called after each optimizer step instead of
         :meth:`add_penalty_grad`, it pulls W towards ``Z - U`` outside the optimizer's
         normalisation, the way AdamW decouples weight decay.  ``eta`` is the learning
-        rate of the step just taken.
+        rate of the step just taken.  The factor ``eta * rho`` is capped at 1 (W lands on
+        ``Z - U``): beyond that the step would overshoot, and for ``eta * rho > 2`` diverge.
         """
-        step = float(eta) * self.rho
+        step = min(float(eta) * self.rho, 1.0)
         weights = [w.detach() for w in self.params.values()]
         torch._foreach_mul_(weights, 1.0 - step)
         torch._foreach_add_(weights, [self.Z[n] for n in self.params], alpha=step)
@@ -332,3 +333,81 @@ class ADMM:
             f"ADMM({len(self.params)} targets, pattern={self.pattern!r}, rho={self.rho:g}, "
             f"updates={self.num_updates})"
         )
+
+
+class _Holder(nn.Module):
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone().float())
+
+
+def loss_free_run(
+    weights: Mapping[str, torch.Tensor],
+    pattern: NxM | str,
+    lrs: Iterable[float],
+    interval: int,
+    *,
+    rho: float,
+    rho_factor: float = 1.0,
+    rho_max: float | None = None,
+    u_init: str = "zero",
+    decoupled: bool = False,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    max_grad_norm: float | None = None,
+) -> list[dict[str, float]]:
+    """The ADMM schedule with no task loss: the control run of the convergence study.
+
+    Starts from copies of ``weights`` and runs one step per learning rate in ``lrs``:
+    AdamW on the penalty gradient alone (clipped to ``max_grad_norm`` when given, as with
+    the penalty before clipping), or with ``decoupled`` the decoupled step
+    ``W -= lr rho (W - Z + U)`` and no optimizer.  A Z/U update follows every
+    ``interval`` steps.  Mask changes in this run come from the dynamics alone; a
+    training run's extra changes come from the data.
+
+    Returns:
+        One dict per Z/U update over all targets: ``step``, ``rho_used``, ``rel_dist``
+        (``||W - Proj(W)|| / ||W||``), ``primal`` and ``dual`` (residual norms),
+        ``flips`` (fraction of positions), ``start_distance`` (mask distance of Z to the
+        magnitude mask of the start weights) and, on the last record only,
+        ``final_distance`` (of the last Z mask to the magnitude mask of the final W).
+    """
+    if interval < 1:
+        raise ValueError(f"interval must be >= 1, got {interval}")
+    holders = {name: _Holder(w) for name, w in weights.items()}
+    admm = ADMM(None, holders, pattern, rho=rho, rho_factor=rho_factor, rho_max=rho_max, u_init=u_init)
+    start = {name: m.clone() for name, m in admm.masks.items()}
+    params = list(admm.params.values())
+    numel = sum(p.numel() for p in params)
+    kept = sum(int(m.sum()) for m in start.values())
+    optimizer = None if decoupled else torch.optim.AdamW(params, lr=0.0, betas=betas, eps=eps, weight_decay=weight_decay)
+    records: list[dict[str, float]] = []
+    for step, lr in enumerate(lrs, 1):
+        if decoupled:
+            admm.decoupled_step(lr)
+        else:
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            admm.add_penalty_grad()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.param_groups[0]["lr"] = lr
+            optimizer.step()
+        if step % interval == 0:
+            rho_used = admm.rho
+            diagnostics = admm.update()
+            norm2 = sum(float(p.detach().pow(2).sum()) for p in params)
+            records.append({
+                "step": step, "rho_used": rho_used,
+                "rel_dist": math.sqrt(sum((d.rel_dist ** 2) * float(admm.params[n].detach().pow(2).sum())
+                                          for n, d in diagnostics.items()) / norm2) if norm2 > 0 else 0.0,
+                "primal": math.sqrt(sum(d.primal ** 2 for d in diagnostics.values())),
+                "dual": math.sqrt(sum(d.dual ** 2 for d in diagnostics.values())),
+                "flips": sum(d.flips for d in diagnostics.values()) / numel,
+                "start_distance": sum(int((admm.masks[n] ^ start[n]).sum()) for n in start) / (2 * kept),
+            })
+    if records:
+        final = {n: nxm_mask(p.detach(), admm.pattern, n) for n, p in admm.params.items()}
+        records[-1]["final_distance"] = sum(int((admm.masks[n] ^ final[n]).sum()) for n in final) / (2 * kept)
+    return records

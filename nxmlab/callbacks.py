@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = [
     "COMPLETE_MARKER",
     "planned_lr_sum",
     "lr_budget",
+    "planned_pull",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,23 @@ def lr_budget(lr_sum: float, pruned_mean_abs: float) -> tuple[bool, str]:
     if not enough:
         message += "; the sum is too small for ADMM to reach the n:m set (raise lr, steps or rho)"
     return enough, message
+
+
+def planned_pull(lrs: Sequence[float], interval: int, rho: float, rho_factor: float = 1.0,
+                 rho_max: float | None = None) -> float:
+    """``Σ min(lr·rho, 1)`` over a phase: the decoupled penalty's planned pull.
+
+    Without the loss, each decoupled step shrinks ``W - (Z - U)`` by the factor
+    ``1 - lr·rho``, so over the phase the pruned part shrinks by about
+    ``exp(-planned_pull)``; rho follows its schedule (times ``rho_factor`` every
+    ``interval`` steps, capped at ``rho_max``).
+    """
+    total, current = 0.0, float(rho)
+    for step, lr in enumerate(lrs, 1):
+        total += min(lr * current, 1.0)
+        if step % interval == 0:
+            current = min(current * rho_factor, rho_max) if rho_max is not None else current * rho_factor
+    return total
 
 
 class ADMMCallback(TrainerCallback):
@@ -149,7 +167,16 @@ class ADMMCallback(TrainerCallback):
             raise ValueError("penalty_before_clip does not support fp16 loss scaling (use bf16 or fp32)")
         if state.global_step == 0:
             lr_sum = planned_lr_sum(lr_scheduler, state.max_steps)
-            if lr_sum is not None:
+            if lr_sum is not None and self.decoupled:
+                sched = getattr(lr_scheduler, "scheduler", lr_scheduler)
+                lrs = [sched.base_lrs[0] * sched.lr_lambdas[0](s) for s in range(state.max_steps)]
+                pull = planned_pull(lrs, self.interval, self.admm.rho, self.admm.rho_factor, self.admm.rho_max)
+                self.lr_plan = (lr_sum, pull)
+                message = (f"ADMM phase, decoupled penalty: planned pull sum(lr*rho) {pull:.3g}; without the loss the "
+                           f"pruned weights would shrink to about {math.exp(-pull):.2%} of their size")
+                (logger.info if pull >= 3 else logger.warning)(
+                    message if pull >= 3 else message + " (too weak to reach the n:m set: raise rho or the steps)")
+            elif lr_sum is not None:
                 mean_abs = self.admm.pruned_mean_abs()
                 self.lr_plan = (lr_sum, mean_abs)
                 enough, message = lr_budget(lr_sum, mean_abs)

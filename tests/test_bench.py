@@ -89,7 +89,7 @@ def test_project_preset_seconds_by_hand():
     smoke = get_preset("smoke")  # rte + stsb, 1 epoch + 1 retrain, batch 8, train_limit 32, eval_limit 16
     sps = {t: {"dense": 1.0, "admm": 2.0, "fixed": 3.0, "kd_extra": 10.0} for t in ("rte", "stsb")}
     out = project_preset_seconds(smoke, sps, update_seconds=0.5)
-    assert len(out["runs"]) == len(preset_runs(smoke, "all")) == 14
+    assert len(out["runs"]) == len(preset_runs(smoke, "all")) == 15
     runs = {(r["task"], r["label"], r["rho"]): r for r in out["runs"]}
     evals_sparse = 3 * 16 * 1.0 / 8 / 3  # 3 passes x 16 examples at a third of a dense step per 8
     assert runs[("rte", "dense", None)]["seconds"] == pytest.approx(4 * 1.0 + 16 / 8 / 3)
@@ -109,8 +109,15 @@ def test_project_preset_seconds_by_hand():
 def test_project_preset_seconds_full_sizes():
     out = project_preset_seconds("quick", {t: {k: 1.0 for k in ("dense", "admm", "fixed", "admm+kd", "fixed+kd")}
                                            for t in ("rte", "mrpc", "stsb")})
-    rte_dense = next(r for r in out["runs"] if r["task"] == "rte" and r["label"] == "dense")
-    assert rte_dense["steps"] == 2 * math.ceil(GLUE_TRAIN_SIZES["rte"] / 32)  # quick: 2 epochs
+    mrpc = {}
+    for r in out["runs"]:  # the first run of each label on mrpc: the table's
+        if r["task"] == "mrpc":
+            mrpc.setdefault(r["label"], r)
+    per_epoch = math.ceil(GLUE_TRAIN_SIZES["mrpc"] / 32)
+    assert mrpc["dense"]["steps"] == 2 * per_epoch  # quick: 2 epochs
+    assert mrpc["magnitude"]["steps"] == per_epoch  # + 1 masked epoch: the matched budget of 3 passes
+    assert [p["epochs"] for p in mrpc["admm"]["phases"]] == [2.0, 1.0]
+    assert any(r["task"] == "rte" for r in out["runs"])  # the convergence study's RTE runs
 
 
 def test_cli_rejects_unknown_benchmark():

@@ -18,7 +18,7 @@ from nxmlab.study.reproduce import NOTEBOOKS, notebook_dir, plan
 from nxmlab.study.store import atomic_write_json
 
 # (table runs, rho-sweep runs, all runs deduplicated)
-EXPECTED = {"smoke": (12, 3, 14), "quick": (12, 3, 14), "cpu": (90, 42, 126), "paper": (40, 6, 44)}
+EXPECTED = {"smoke": (12, 3, 15), "quick": (6, 3, 17), "cpu": (90, 42, 126), "paper": (40, 6, 44)}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -29,7 +29,11 @@ def test_every_preset_builds_valid_runs(name):
     for spec in everything:
         cfg, args = spec.cfg, spec.args
         assert cfg.model == preset.model and cfg.pattern == preset.pattern
-        assert args.num_train_epochs == preset.epochs and args.learning_rate == preset.learning_rate
+        if preset.budget is not None and spec.method.sparse:  # the last phase fills the matched budget
+            assert spec.method.budget_passes(spec) == preset.budget
+        else:
+            assert args.num_train_epochs == preset.epochs
+        assert args.learning_rate == preset.learning_rate
         assert args.per_device_train_batch_size == preset.batch_size and args.seed in preset.seeds
     labels = {spec.label for spec in table}
     assert labels == set(preset.methods) | {"dense"}
@@ -61,7 +65,7 @@ def test_dense_is_added_when_a_method_needs_it():
     dynamics = preset_runs(get_preset("quick").replace(methods=["admm"]), "dynamics")
     assert {spec.method.name for spec in dynamics} == {"admm"}
     dynamics = preset_runs(get_preset("quick").replace(methods=["admm", "admm+kd"]), "dynamics")
-    assert [spec.label for spec in dynamics] == ["dense", "admm", "admm+kd"] * 3
+    assert [spec.label for spec in dynamics] == ["dense", "admm", "admm+kd"] * len(get_preset("quick").tasks)
 
 
 def test_cpu_preset_shares_runs_with_plain_nxmlab_train():
@@ -195,3 +199,34 @@ def test_dry_run_projects_wall_time_from_the_bench_json(tmp_path):
     assert "2.5 h in all, 2.0 h not yet in the store" in lines[0] and "2026-01-02" in lines[0]
     assert lines[1] == "    by task: rte 1.0 h, mrpc 1.5 h"
     assert projected_cost("cpu", tmp_path / "cost.json") == []
+
+
+def test_budget_variants_and_options_of_the_quick_preset():
+    quick = get_preset("quick")
+    table = {spec.label: spec for spec in preset_runs(quick, "table") if spec.task.name == "mrpc"}
+    magnitude, admm, dense = table["magnitude"], table["admm"], table["dense"]
+    assert dense.args.num_train_epochs == 2.0
+    assert magnitude.args.num_train_epochs == 1.0 and magnitude.dense().folder().path == dense.folder().path
+    assert admm.args.num_train_epochs == 2.0 and admm.cfg.retrain_epochs == 1.0
+    assert admm.cfg.decoupled_penalty and admm.cfg.admm_updates_per_epoch == 5 and admm.cfg.rho == 1000.0
+    variants = {(spec.task.name, spec.folder().name): spec for spec in preset_runs(quick, "convergence")}
+    assert len(variants) == 3 + 3 + 5
+    paper = [s for s in variants.values() if not s.cfg.decoupled_penalty and s.cfg.rho_factor == 1.0]
+    assert {s.task.name for s in paper} == {"mrpc", "stsb", "rte"}
+    for spec in paper:  # the paper setting is the committed pre-#12 quick run (same identity)
+        assert spec.cfg.admm_updates_per_epoch is None and spec.cfg.rho == 1e-3
+        assert "admm_updates_per_epoch" not in spec.canonical() and "decoupled_penalty" not in spec.canonical()
+    short = [s for s in variants.values() if s.args.num_train_epochs == 1.0]
+    assert len(short) == 1 and short[0].cfg.retrain_epochs == 2.0  # the budget stays 3 passes
+    assert all(s.method.budget_passes(s) == 3.0 for s in variants.values())
+
+
+def test_bad_budgets_options_and_variants_are_refused():
+    with pytest.raises(ValueError, match="budget must be > 0"):
+        resolve_preset("quick", budget=-1)
+    with pytest.raises(ValueError, match="unknown option"):
+        resolve_preset("quick", options={"colour": "red"})
+    with pytest.raises(ValueError, match="unknown convergence variant"):
+        resolve_preset("quick", convergence={"fast": ("mrpc",)})
+    with pytest.raises(ValueError, match="leaves no epochs"):
+        preset_runs(resolve_preset("quick", budget=2), "table")

@@ -49,6 +49,9 @@ class RunConfig:
     rho_factor: float = field(default=1.0, metadata={"help": "Multiply rho by this at every Z/U update (1 = constant)."})
     rho_max: float | None = field(default=None, metadata={"help": "Cap of the rho schedule."})
     admm_interval: int | None = field(default=None, metadata={"help": "Optimizer steps between Z/U updates (default: one epoch)."})
+    admm_updates_per_epoch: int | None = field(default=None, metadata={
+        "help": "admm: Z/U updates per epoch of the ADMM phase (interval = steps per epoch / this); "
+                "excludes --admm_interval."})
     admm_init: str = field(default="pretrained", metadata={"help": "ADMM starts from the 'pretrained' or the 'dense' fine-tuned model."})
     mask_source: str = field(default="dense", metadata={"help": "magnitude/unstructured: mask from the 'dense' fine-tuned or the 'pretrained' weights."})
     retrain_epochs: float = field(default=2.0, metadata={"help": "admm: epochs of fine-tuning with the masks fixed "
@@ -179,7 +182,9 @@ class RunSpec:
         if not (isinstance(cfg.retrain_epochs, (int, float)) and not isinstance(cfg.retrain_epochs, bool)
                 and math.isfinite(cfg.retrain_epochs) and cfg.retrain_epochs >= 0):
             raise ValueError(f"retrain_epochs must be > 0, or 0 for no masked retraining, got {cfg.retrain_epochs!r}")
-        for name in ("admm_interval", "admm_steps", "train_limit", "eval_limit", "max_seq_length", "log_interval"):
+        if cfg.admm_interval is not None and cfg.admm_updates_per_epoch is not None:
+            raise ValueError("admm_interval and admm_updates_per_epoch exclude each other (both set the Z/U interval)")
+        for name in ("admm_interval", "admm_updates_per_epoch", "admm_steps", "train_limit", "eval_limit", "max_seq_length", "log_interval"):
             if getattr(cfg, name) is not None:
                 _positive(name, getattr(cfg, name), integer=True)
         for name in ("dense_epochs", "kd_temperature"):

@@ -21,10 +21,10 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..admm import ADMM
+from ..admm import ADMM, loss_free_run
 from ..callbacks import ADMM_STATE_FILE, ADMMCallback
 from ..nxm import nxm_mask
-from .store import RunFolder, append_jsonl, read_jsonl
+from .store import RunFolder, append_jsonl, load_masks, read_jsonl, save_masks
 
 if TYPE_CHECKING:
     from .config import RunSpec
@@ -109,7 +109,8 @@ class ADMMHooks:
         self.admm = ADMM(model, targets(model), spec.pattern, rho=cfg.rho, rho_factor=cfg.rho_factor,
                          rho_max=cfg.rho_max, u_init=cfg.u_init)
         self.start = self._weights()
-        self.interval = cfg.admm_interval or steps_per_epoch
+        per_epoch = cfg.admm_updates_per_epoch
+        self.interval = cfg.admm_interval or (max(1, round(steps_per_epoch / per_epoch)) if per_epoch else steps_per_epoch)
 
     def _weights(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().clone().contiguous() for name, p in self.admm.params.items()}
@@ -117,17 +118,25 @@ class ADMMHooks:
     def _midpoint(self, step: int) -> None:
         save_file(self._weights(), str(self.folder.mid_weights), metadata={"step": str(step)})
 
+    def _record(self, rows: list[dict[str, Any]]) -> None:
+        append_jsonl(self.folder.raw_dynamics, rows)
+        if rows and rows[0]["event"] == "update":  # keep this update's Z mask (cache) for z_mask_distances
+            self.folder.z_masks_dir.mkdir(parents=True, exist_ok=True)
+            save_masks(self.folder.z_masks_dir / f"step-{rows[0]['step']}.npz", {"z": self.admm.masks})
+
     def callbacks(self) -> list:
         """The Trainer callbacks of the phase."""
         self.folder.cache.mkdir(parents=True, exist_ok=True)
-        return [ADMMCallback(self.admm, self.interval, self.spec.cfg.log_interval,
-                             record=lambda rows: append_jsonl(self.folder.raw_dynamics, rows),
+        return [ADMMCallback(self.admm, self.interval, self.spec.cfg.log_interval, record=self._record,
                              on_midpoint=self._midpoint, penalty_before_clip=self.spec.cfg.penalty_before_clip,
                              decoupled=self.spec.cfg.decoupled_penalty)]
 
     def resume(self, checkpoint: Path | None, step: int) -> None:
         """Restore the ADMM state of ``checkpoint`` and drop later dynamics, or start a fresh log."""
         raw = self.folder.raw_dynamics
+        for path in self.folder.z_masks_dir.glob("step-*.npz"):
+            if checkpoint is None or int(path.stem.split("-")[1]) > step:
+                path.unlink()
         if checkpoint is None:
             raw.unlink(missing_ok=True)
             return
@@ -142,8 +151,16 @@ class ADMMHooks:
 
     # --- at the end of the run --------------------------------------------------------
     def finish(self, final_masks: Mapping[str, torch.Tensor], final_model,
-               scores: Mapping[str, float] | None = None) -> dict[str, Any]:
-        """Write ``dynamics.parquet`` and ``magnitudes.parquet``; return the diagnostics at the prune.
+               scores: Mapping[str, float] | None = None,
+               references: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+        """Write ``dynamics.parquet``, ``magnitudes.parquet``, ``z_mask_distances.parquet`` and
+        ``loss_free.parquet``; return the diagnostics at the prune.
+
+        ``z_mask_distances`` holds, per Z/U update, the mask distance of that update's Z mask
+        to the final mask, to the magnitude mask of the weights ADMM started from, and to
+        the ASP mask (``references["dense_magnitude"]``, when the dense run is known).
+        ``loss_free`` is the control run (:func:`~nxmlab.admm.loss_free_run`): the same
+        start weights, schedule and learning rates with no task loss.
 
         ``rel_dist_at_prune`` is ``||W - Proj(W)|| / ||W||`` over all targets with W at the
         end of ADMM; ``flips_last_update`` the fraction of positions whose mask changed at
@@ -177,6 +194,8 @@ class ADMMHooks:
         if self.folder.mid_weights.is_file():
             snapshots["admm_mid"] = load_file(self.folder.mid_weights)
         self.folder.write_frame(RunFolder.MAGNITUDES, magnitude_sample(snapshots, final_masks))
+        self.folder.write_frame(RunFolder.Z_MASKS, self._z_mask_distances(update_steps, final_masks, references or {}))
+        self.folder.write_frame(RunFolder.LOSS_FREE, self._loss_free())
         rel_dist = math.sqrt(pruned / total) if total > 0 else 0.0
         converged = is_converged(rel_dist, flips_last_two, z_distance, cost)
         if not converged:
@@ -187,6 +206,48 @@ class ADMMHooks:
         return {"rel_dist_at_prune": rel_dist, "flips_last_update": flips, "updates": len(update_steps),
                 "flips_last_two": flips_last_two, "z_final_mask_distance": z_distance, "prune_cost_points": cost,
                 "converged": converged}
+
+
+    def _z_mask_distances(self, steps: Sequence[int], final_masks: Mapping[str, torch.Tensor],
+                          references: Mapping[str, Mapping[str, torch.Tensor]]) -> pd.DataFrame:
+        refs = {"final": final_masks, "start_magnitude": {n: nxm_mask(w, self.spec.pattern, n) for n, w in self.start.items()}}
+        if "dense_magnitude" in references:
+            refs["asp"] = references["dense_magnitude"]
+        rows = []
+        for step in steps:
+            path = self.folder.z_masks_dir / f"step-{step}.npz"
+            if not path.is_file():
+                continue
+            z = load_masks(path, "z")["z"]
+            kept = 2 * sum(int(m.sum()) for m in z.values())
+            for name, ref in refs.items():
+                differ = sum(int((z[n] ^ ref[n].bool()).sum()) for n in z)
+                rows.append({"step": step, "reference": name, "distance": differ / kept if kept else 0.0})
+        return pd.DataFrame(rows, columns=["step", "reference", "distance"])
+
+    def _loss_free(self) -> pd.DataFrame:
+        """The control: this phase's ADMM schedule on the start weights with no task loss."""
+        from transformers import get_scheduler
+
+        args, cfg = self.spec.args, self.spec.cfg
+        phase = self.folder.state().get("phases", {}).get("admm", {})
+        steps = int(phase.get("steps", 0))
+        if steps < 1:
+            return pd.DataFrame()
+        dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+        scheduler = get_scheduler(args.lr_scheduler_type, dummy, num_warmup_steps=args.get_warmup_steps(steps),
+                                  num_training_steps=steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
+        lrs = []
+        for _ in range(steps):
+            lrs.append(dummy.param_groups[0]["lr"])
+            dummy.step()
+            scheduler.step()
+        records = loss_free_run(self.start, self.spec.pattern, lrs, self.interval, rho=cfg.rho,
+                                rho_factor=cfg.rho_factor, rho_max=cfg.rho_max, u_init=cfg.u_init,
+                                decoupled=cfg.decoupled_penalty, betas=(args.adam_beta1, args.adam_beta2),
+                                eps=args.adam_epsilon, weight_decay=args.weight_decay,
+                                max_grad_norm=args.max_grad_norm if cfg.penalty_before_clip else None)
+        return pd.DataFrame.from_records(records).astype({"rho_used": "float64"})
 
 
 def magnitude_sample(snapshots: Mapping[str, Mapping[str, torch.Tensor]], masks: Mapping[str, torch.Tensor],

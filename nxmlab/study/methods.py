@@ -182,10 +182,34 @@ class Method:
         """A phase of the method has hooks that record training dynamics."""
         return any(s.hooks is not None for s in self.phases)
 
+    def uses_dense_weights(self, spec: RunSpec) -> bool:
+        """The run starts from the dense fine-tuned model or takes its mask from it (not KD)."""
+        return self.start(spec) == "dense" or (self.rule is not None and self.rule.uses_dense(spec))
+
+    def budget_passes(self, spec: RunSpec) -> float:
+        """Passes over the training set the run pays for (the matched budget of issue #13).
+
+        The epochs of its :class:`Train` steps, plus the dense fine-tune when the run starts
+        from the dense model or takes its mask from it.  A KD teacher is not counted: KD
+        on or off does not change the budget.
+        """
+        own = sum(spec.epochs(step.epochs) for step in self.phases)
+        return own + (spec.dense_epochs if self.sparse and self.uses_dense_weights(spec) else 0.0)
+
+    def match_budget(self, spec: RunSpec, budget: float) -> tuple[str, float]:
+        """``(field, epochs)``: the length of the last :class:`Train` step that makes
+        :meth:`budget_passes` equal ``budget``; ``ValueError`` when nothing is left for it."""
+        last = self.phases[-1]
+        rest = self.budget_passes(spec) - spec.epochs(last.epochs)
+        epochs = float(budget) - rest
+        if epochs <= 0:
+            raise ValueError(f"{self.name}: a budget of {budget:g} passes leaves no epochs for its "
+                             f"'{last.name}' phase (the other phases take {rest:g})")
+        return last.epochs, epochs
+
     def needs_dense(self, spec: RunSpec) -> bool:
         """The run needs the dense fine-tuned model: as start, mask source or KD teacher."""
-        return (self.start(spec) == "dense" or (self.rule is not None and self.rule.uses_dense(spec))
-                or (spec.kd and spec.cfg.teacher is None))
+        return self.uses_dense_weights(spec) or (spec.kd and spec.cfg.teacher is None)
 
 
 def _admm_start(spec: RunSpec) -> str:
@@ -215,7 +239,8 @@ register(Method("admm", "NxMTransformer: ADMM fine-tuning towards n:m, hard prun
                 (Train("admm", hooks=ADMMHooks, steps="admm_steps"), Prune(PROJECTION), Train("retrain", "retrain_epochs")),
                 start=_admm_start,
                 options=("rho", "rho_factor", "rho_max", "admm_interval", "admm_init", "retrain_epochs"),
-                optional=("u_init", "penalty_before_clip", "train_only_targets", "admm_steps", "decoupled_penalty")))
+                optional=("u_init", "penalty_before_clip", "train_only_targets", "admm_steps", "decoupled_penalty",
+                          "admm_updates_per_epoch")))
 register(Method("unstructured", "reference: unstructured magnitude mask at the same density, then masked fine-tuning",
                 (Prune(UNSTRUCTURED), Train("finetune")), start=_dense_start, options=("mask_source",)))
 

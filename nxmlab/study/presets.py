@@ -41,13 +41,33 @@ __all__ = [
 ]
 
 #: Run lists a preset expands into (see the module docstring).
-STUDIES: tuple[str, ...] = ("table", "rho", "dynamics")
+STUDIES: tuple[str, ...] = ("table", "rho", "dynamics", "convergence")
+
+#: The ADMM variants of the convergence study (issue #12): option overrides of one factor
+#: each against the preset's ADMM setting (``default``), plus the paper's setting.  Keys are
+#: RunConfig or training-argument fields; ``None`` restores the field's default.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": {"decoupled_penalty": False, "rho": 1e-3, "rho_factor": 1.0, "rho_max": None,
+              "admm_updates_per_epoch": None},
+    "coupled-rising": {"decoupled_penalty": False, "rho": 1e-3, "rho_factor": 2.0, "rho_max": None},
+    "rising": {"rho": 250.0, "rho_factor": 1.25},
+    "epoch-interval": {"admm_updates_per_epoch": None},
+    "short-phase": {"num_train_epochs": 1.0},
+    "u-residual": {"u_init": "residual"},
+}
 
 
 def _tuple(value: Any, kind: type) -> tuple:
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         value = [value] if not isinstance(value, str) else [v.strip() for v in value.split(",") if v.strip()]
     return tuple(kind(v) for v in value)
+
+
+def _option_fields() -> set[str]:
+    from .config import NxMTrainingArguments, RunConfig
+
+    return {f.name for f in dataclasses.fields(RunConfig)} | {f.name for f in dataclasses.fields(NxMTrainingArguments)}
 
 
 @dataclass(frozen=True)
@@ -77,12 +97,19 @@ class Preset:
     log_interval: int = 50
     logging_steps: int = 50
     max_seq_length: int = 128
+    budget: float | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+    convergence: tuple[tuple[str, tuple[str, ...]], ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
         # accept lists (papermill parameters, CLI) and keep the dataclass hashable
         for name, kind in (("tasks", str), ("seeds", int), ("methods", str), ("rho_grid", float), ("rho_tasks", str)):
             object.__setattr__(self, name, _tuple(getattr(self, name), kind))
+        options = dict(self.options)
+        object.__setattr__(self, "options", tuple(sorted(options.items())))
+        convergence = dict(self.convergence)
+        object.__setattr__(self, "convergence", tuple((v, _tuple(t, str)) for v, t in convergence.items()))
         self.validate()
 
     def validate(self) -> None:
@@ -103,6 +130,18 @@ class Preset:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.budget is not None and not (isinstance(self.budget, (int, float)) and math.isfinite(self.budget)
+                                            and self.budget > 0):
+            raise ValueError(f"budget must be > 0 passes, got {self.budget!r}")
+        known = _option_fields()
+        unknown = sorted(set(dict(self.options)) - known)
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)} in preset {self.name!r}")
+        for variant, tasks in self.convergence:
+            if variant not in VARIANTS:
+                raise ValueError(f"unknown convergence variant {variant!r}; choose from {', '.join(VARIANTS)}")
+            for task in tasks:
+                get_task(task)
 
     def replace(self, **overrides: Any) -> Preset:
         """A copy with the given fields changed; ``None`` values are ignored (= keep)."""
@@ -130,16 +169,23 @@ PRESETS: dict[str, Preset] = {
             epochs=1, retrain_epochs=1, learning_rate=1e-3, batch_size=8,
             rho_grid=(1e-4, 1e-3, 1e-2), rho_tasks=("rte",), train_limit=32, eval_limit=16,
             save_steps=1000, log_interval=1, logging_steps=1000,
+            convergence={"default": ("rte",), "u-residual": ("rte",)},
             description="Plumbing check: the random 2-layer 'tiny' BERT on 32 training / 16 validation "
                         "examples; seconds per notebook, scores are meaningless.",
         ),
         Preset(
-            name="quick", model="minilm-l6", tasks=("rte", "mrpc", "stsb"), seeds=(42,),
-            methods=("dense", "magnitude", "admm", "admm+kd"),
-            epochs=2, retrain_epochs=1, learning_rate=5e-5, batch_size=32,
-            rho_grid=(1e-4, 1e-3, 1e-2), rho_tasks=("rte",), save_steps=50, log_interval=10,
-            description="MiniLM-L6 (offline) on the three small GLUE tasks, one seed, 2 epochs (+1 retrain for "
-                        "ADMM); about 1 h 40 min on 2 CPU cores.",
+            name="quick", model="minilm-l6", tasks=("mrpc", "stsb"), seeds=(42,),
+            methods=("dense", "magnitude", "admm"),
+            epochs=2, retrain_epochs=1, learning_rate=5e-5, batch_size=32, budget=3,
+            rho=1000.0, options={"decoupled_penalty": True, "admm_updates_per_epoch": 5},
+            rho_grid=(300.0, 1000.0, 3000.0), rho_tasks=("mrpc",), save_steps=50, log_interval=10,
+            convergence={"paper": ("mrpc", "stsb", "rte"), "default": ("mrpc", "stsb", "rte"),
+                         "coupled-rising": ("mrpc",), "rising": ("mrpc",), "epoch-interval": ("mrpc",),
+                         "short-phase": ("mrpc",), "u-residual": ("mrpc",)},
+            description="MiniLM-L6 (offline) on MRPC and STS-B, one seed, a matched budget of 3 passes over the "
+                        "training set per sparse run (dense 2 epochs; magnitude: dense + 1 masked epoch; ADMM: 2 "
+                        "epochs with the decoupled penalty, rho 1000, 5 Z/U updates per epoch, + 1 retrain epoch). "
+                        "The convergence study adds RTE and one-factor variants of the ADMM setting on MRPC.",
         ),
         Preset(
             name="cpu", model="minilm-l6", tasks=("cola", "sst2", "mrpc", "stsb", "rte"), seeds=(42, 43, 44),
@@ -180,24 +226,48 @@ def resolve_preset(name: str | Preset, **overrides: Any) -> Preset:
 
 
 def make_run(preset: Preset, task: str, label: str, seed: int, results_dir: str = "results",
-             glue_dir: str | None = None, rho: float | None = None):
-    """The parsed :class:`~nxmlab.study.config.RunSpec` of one run of ``preset``."""
+             glue_dir: str | None = None, rho: float | None = None, variant: str | None = None):
+    """The parsed :class:`~nxmlab.study.config.RunSpec` of one run of ``preset``.
+
+    The preset's ``options`` apply first, then the convergence ``variant``'s overrides
+    (:data:`VARIANTS`), then ``rho``.  With a ``budget``, the method's last phase gets the
+    epochs that make the run pay exactly ``budget`` passes over the training set
+    (:meth:`~nxmlab.study.methods.Method.match_budget`).
+    """
     from .config import NxMTrainingArguments, RunConfig, RunSpec
 
     method, kd = parse_label(label)
+    overrides = {**dict(preset.options), **(VARIANTS[variant] if variant else {})}
+    if rho is not None:
+        overrides["rho"] = float(rho)
+    cfg_fields = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    cfg_overrides = {k: (cfg_fields[k] if v is None else v) for k, v in overrides.items() if k in cfg_fields}
     cfg = RunConfig(
         task=task, method=method.name, kd=kd, model=preset.model, pattern=preset.pattern,
-        rho=preset.rho if rho is None else float(rho), retrain_epochs=float(preset.retrain_epochs),
+        rho=preset.rho, retrain_epochs=float(preset.retrain_epochs),
         max_seq_length=preset.max_seq_length, train_limit=preset.train_limit, eval_limit=preset.eval_limit,
         glue_dir=None if glue_dir is None else str(glue_dir), results_dir=str(results_dir),
         log_interval=preset.log_interval,
     )
-    args = NxMTrainingArguments(
-        num_train_epochs=float(preset.epochs), per_device_train_batch_size=preset.batch_size,
-        learning_rate=preset.learning_rate, seed=seed, save_steps=preset.save_steps,
-        logging_steps=preset.logging_steps, disable_tqdm=True, report_to="none",
-    )
-    return RunSpec.parse(cfg, args)
+    cfg = dataclasses.replace(cfg, **cfg_overrides)
+    arg_defaults = {f.name: f.default for f in dataclasses.fields(NxMTrainingArguments)}
+    arg_overrides = {k: (arg_defaults[k] if v is None else v) for k, v in overrides.items() if k not in cfg_fields}
+    args = NxMTrainingArguments(**{
+        "num_train_epochs": float(preset.epochs), "per_device_train_batch_size": preset.batch_size,
+        "learning_rate": preset.learning_rate, "seed": seed, "save_steps": preset.save_steps,
+        "logging_steps": preset.logging_steps, "disable_tqdm": True, "report_to": "none", **arg_overrides,
+    })
+    if preset.budget is not None and method.sparse and cfg.dense_epochs is None:
+        cfg = dataclasses.replace(cfg, dense_epochs=float(preset.epochs))  # the dense run keeps its length
+    spec = RunSpec.parse(cfg, args)
+    if preset.budget is not None and method.sparse:
+        field, epochs = method.match_budget(spec, preset.budget)
+        if hasattr(args, field) and field not in cfg_fields:
+            setattr(args, field, epochs)
+        else:
+            cfg = dataclasses.replace(cfg, **{field: epochs})
+        spec = RunSpec.parse(cfg, args)
+    return spec
 
 
 def _with_dense(preset: Preset, task: str, seed: int, labels: list[str]) -> list[str]:
@@ -208,36 +278,44 @@ def _with_dense(preset: Preset, task: str, seed: int, labels: list[str]) -> list
     return labels
 
 
-def study_keys(preset: str | Preset, study: str | Sequence[str] = "table") -> list[tuple[str, str, int, float | None]]:
-    """``(task, label, seed, rho)`` of every run one study (or several) needs, in training order.
+def study_keys(preset: str | Preset, study: str | Sequence[str] = "table"
+               ) -> list[tuple[str, str, int, float | None, str | None]]:
+    """``(task, label, seed, rho, variant)`` of every run one study (or several) needs, in training order.
 
     * ``table``: every label of the preset;
     * ``rho``: the labels whose method has a ``rho`` option, without KD, over ``rho_grid``
       on ``rho_tasks``;
-    * ``dynamics``: the labels whose method records training dynamics (has phase hooks).
+    * ``dynamics``: the labels whose method records training dynamics (has phase hooks);
+    * ``convergence``: the same labels without KD, once per ``(variant, tasks)`` of the
+      preset's ``convergence`` grid (:data:`VARIANTS`).
 
-    ``rho`` is set for the rho sweep's runs and ``None`` elsewhere (the preset's default
-    rho); a dense run comes before the sparse runs that need it.  Duplicates are kept:
-    :func:`preset_runs` merges runs with identical configurations.
+    ``rho`` is set for the rho sweep's runs and ``variant`` for the convergence study's
+    (both ``None`` elsewhere); a dense run comes before the sparse runs that need it.
+    Duplicates are kept: :func:`preset_runs` merges runs with identical configurations.
     """
     preset = get_preset(preset)
     studies = STUDIES if study == "all" else ((study,) if isinstance(study, str) else tuple(study))
     for name in studies:
         if name not in STUDIES:
             raise ValueError(f"unknown study {name!r}; choose from {', '.join(STUDIES)} or all")
-    wanted: list[tuple[str, str, int, float | None]] = []
+    wanted: list[tuple[str, str, int, float | None, str | None]] = []
     for name in studies:
         if name == "rho":
             swept = [lb for lb in preset.labels if "rho" in parse_label(lb)[0].options and not parse_label(lb)[1]]
-            wanted += [(task, label, seed, rho) for task in preset.rho_tasks for seed in preset.seeds
+            wanted += [(task, label, seed, rho, None) for task in preset.rho_tasks for seed in preset.seeds
                        for label in swept for rho in sorted(preset.rho_grid)]
+            continue
+        if name == "convergence":
+            labels = [lb for lb in preset.labels if parse_label(lb)[0].records_dynamics and not parse_label(lb)[1]]
+            wanted += [(task, label, seed, None, variant) for variant, tasks in preset.convergence
+                       for task in tasks for seed in preset.seeds for label in labels]
             continue
         for task in preset.tasks:
             for seed in preset.seeds:
                 labels = list(preset.labels)
                 if name == "dynamics":
                     labels = [lb for lb in labels if parse_label(lb)[0].records_dynamics]
-                wanted += [(task, label, seed, None) for label in _with_dense(preset, task, seed, labels)]
+                wanted += [(task, label, seed, None, None) for label in _with_dense(preset, task, seed, labels)]
     return wanted
 
 
@@ -247,7 +325,7 @@ def preset_runs(preset: str | Preset, study: str | Sequence[str] = "table", resu
 
     Args:
         preset: A :class:`Preset` or its name.
-        study: ``"table"``, ``"rho"``, ``"dynamics"``, a list of them, or ``"all"``.
+        study: ``"table"``, ``"rho"``, ``"dynamics"``, ``"convergence"``, a list of them, or ``"all"``.
         results_dir: Results store root written into each run.
         glue_dir: GLUE mirror (``None``: ``$NXMLAB_GLUE_DIR``, else the Hub).
 
@@ -257,8 +335,8 @@ def preset_runs(preset: str | Preset, study: str | Sequence[str] = "table", resu
     """
     preset = get_preset(preset)
     runs, seen = [], set()
-    for task, label, seed, rho in study_keys(preset, study):
-        spec = make_run(preset, task, label, seed, results_dir, glue_dir, rho)
+    for task, label, seed, rho, variant in study_keys(preset, study):
+        spec = make_run(preset, task, label, seed, results_dir, glue_dir, rho, variant)
         key = spec.folder().path
         if key not in seen:
             seen.add(key)

@@ -264,7 +264,7 @@ class _Run:
                          zip(references, tables, strict=True)}
             scores = {key: self.score(result) for key, result in self.state["eval"].items()}
             for hooks in all_hooks:
-                diagnostics.update(hooks.finish(masks, model, scores))
+                diagnostics.update(hooks.finish(masks, model, scores, references))
         # the final model, copied into the cache (phase folders stay until metrics.json is
         # written, so a kill anywhere in here leaves a run that resumes)
         target, tmp = folder.model_dir, folder.cache / ".model.tmp"
@@ -348,6 +348,10 @@ def run_experiment(cfg: RunConfig | RunSpec, args: NxMTrainingArguments | None =
             logger.info("dense run %s has no saved model (fresh clone?): training it again", dense.path)
             dense_spec.cfg.overwrite = True
         run_experiment(dense_spec, callbacks=callbacks)
+    elif spec.method.sparse:  # not needed, but its ASP mask is a reference of the mask diagnostics when at hand
+        candidate = spec.dense().folder()
+        if candidate.finished and (candidate.model_dir / "config.json").is_file():
+            dense = candidate
 
     with folder.lock():
         if folder.finished and not spec.cfg.overwrite:  # finished by another process meanwhile

@@ -233,6 +233,8 @@ class RunFolder:
     MASK_DISTANCES = "mask_distances.parquet"
     MASK_SAMPLE = "mask_sample.npz"
     MAGNITUDES = "magnitudes.parquet"
+    Z_MASKS = "z_mask_distances.parquet"
+    LOSS_FREE = "loss_free.parquet"
     LOG = "log.jsonl"
 
     def __init__(self, results_dir: str | os.PathLike[str], task: str, name: str) -> None:
@@ -281,6 +283,11 @@ class RunFolder:
     @property
     def admm_state(self) -> Path:
         return self.cache / "admm_state.pt"
+
+    @property
+    def z_masks_dir(self) -> Path:
+        """Cache folder of the packed Z masks, one ``step-<k>.npz`` per Z/U update."""
+        return self.cache / "z_masks"
 
     @property
     def mid_weights(self) -> Path:
