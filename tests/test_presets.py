@@ -141,7 +141,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatc
     out = capsys.readouterr().out
     assert "glue_table: 12 runs, 0 finished, 12 to train" in out
     assert "rho_analysis: 3 runs, 0 finished, 2 to train, 1 trained by an earlier notebook" in out
-    assert "total: 14 run(s) to train" in out
+    assert "convergence: 2 runs, 0 finished, 1 to train, 1 trained by an earlier notebook" in out
+    assert "total: 15 run(s) to train" in out
     assert list(tmp_path.iterdir()) == []  # no results, figures or runs/notebooks
 
 

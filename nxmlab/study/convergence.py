@@ -1,0 +1,167 @@
+"""The ADMM convergence study (issue #12) as tidy frames, and the rule that picks the default.
+
+A preset's ``convergence`` grid names ADMM variants (:data:`~nxmlab.study.presets.VARIANTS`)
+and the tasks each runs on.  From the finished runs of that grid:
+
+* :func:`load_convergence`: one row per (task, variant): the setting, the diagnostics at
+  the hard prune, the scores before the prune, right after it and after retraining, the
+  training loss at the end of ADMM, and ``converged``;
+* :func:`load_updates`: one row per (task, variant, source, Z/U update): relative
+  distance (root mean square over targets), primal and dual residuals (norms over all targets), flips, and the distance of that update's Z mask to
+  the final mask, the start weights' magnitude mask and the ASP mask; ``source`` is
+  ``training`` or the ``loss-free`` control (the same schedule with no task loss);
+* :func:`choose_default`: the stated rule that picks the preset's ADMM setting.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .presets import Preset, get_preset, make_run
+from .store import RunFolder, read_jsonl
+
+__all__ = ["convergence_runs", "load_convergence", "load_updates", "choose_default", "DEFAULT_RULE"]
+
+#: The rule :func:`choose_default` applies, in words (the README quotes it).
+DEFAULT_RULE = (
+    "Among the variants that meet every convergence criterion (relative distance <= 0.05, flips <= 0.5 % at each "
+    "of the last two Z/U updates, last Z mask within 0.5 % of the final mask, prune cost <= 1 validation point) "
+    "on every task they ran on, take the one with the lowest training loss at the end of the ADMM phase, averaged "
+    "over those tasks. Validation scores enter only through the prune-cost criterion."
+)
+
+
+def convergence_runs(preset: str | Preset, results_dir: str | os.PathLike[str] = "results") -> pd.DataFrame:
+    """``task, variant, label, seed, run, finished``: every run of the preset's convergence grid."""
+    preset = get_preset(preset)
+    from .presets import study_keys
+
+    rows = []
+    for task, label, seed, _rho, variant in study_keys(preset, "convergence"):
+        folder = make_run(preset, task, label, seed, str(results_dir), variant=variant).folder()
+        rows.append({"task": task, "variant": variant, "label": label, "seed": seed, "run": folder.rel,
+                     "finished": folder.finished})
+    return pd.DataFrame(rows, columns=["task", "variant", "label", "seed", "run", "finished"])
+
+
+def _score(metrics: dict, key: str) -> float | None:
+    from .metrics import glue_score
+
+    result = metrics["eval"].get(key)
+    if not result:
+        return None
+    return 100 * sum(glue_score(metrics["task"], v) for v in result.values()) / len(result)
+
+
+def _admm_loss(folder: RunFolder) -> float | None:
+    """Mean logged training loss over the second half of the ADMM phase."""
+    logs = [r for r in read_jsonl(folder.file(RunFolder.LOG)) if r.get("phase") == "admm" and "loss" in r]
+    if not logs:
+        return None
+    last = max(r["step"] for r in logs)
+    late = [r["loss"] for r in logs if r["step"] > last / 2] or [logs[-1]["loss"]]
+    return float(np.mean(late))
+
+
+def load_convergence(preset: str | Preset, results_dir: str | os.PathLike[str] = "results") -> pd.DataFrame:
+    """One row per finished (task, variant) run of the preset's convergence grid (see the module doc)."""
+    preset = get_preset(preset)
+    rows = []
+    for run in convergence_runs(preset, results_dir).itertuples(index=False):
+        if not run.finished:
+            continue
+        folder = RunFolder.at(os.path.join(results_dir, run.run))
+        spec = make_run(preset, run.task, run.label, run.seed, str(results_dir), variant=run.variant)
+        cfg, m = spec.cfg, folder.metrics()
+        diag = m.get("diagnostics") or {}
+        flips = diag.get("flips_last_two") or []
+        rows.append({
+            "task": run.task, "variant": run.variant, "run": run.run, "seed": run.seed,
+            "penalty": "decoupled" if cfg.decoupled_penalty else "coupled",
+            "rho": cfg.rho, "rho_factor": cfg.rho_factor, "u_init": cfg.u_init,
+            "updates_per_epoch": cfg.admm_updates_per_epoch or 1, "admm_epochs": float(spec.args.num_train_epochs),
+            "retrain_epochs": float(cfg.retrain_epochs),
+            "rel_dist_at_prune": diag.get("rel_dist_at_prune"),
+            "max_flips_last_two": max(flips) if flips else None,
+            "z_final_mask_distance": diag.get("z_final_mask_distance"),
+            "prune_cost_points": diag.get("prune_cost_points"),
+            "before_prune": _score(m, "before_prune"), "after_prune": _score(m, "after_prune"),
+            "score": 100 * m["score"], "train_loss": _admm_loss(folder),
+            "mask_dist_pretrained_magnitude": (m.get("mask_distance") or {}).get("pretrained_magnitude"),
+            "converged": diag.get("converged"), "seconds": m.get("seconds"),
+        })
+    return pd.DataFrame(rows)
+
+
+def _numel(folder: RunFolder, density: float) -> float | None:
+    distances = folder.read_frame(RunFolder.MASK_DISTANCES)
+    if distances is None or distances.empty:
+        return None
+    per_reference = distances.groupby("reference")["kept"].sum().iloc[0]
+    return per_reference / 2 / density
+
+
+def load_updates(preset: str | Preset, results_dir: str | os.PathLike[str] = "results") -> pd.DataFrame:
+    """One row per (task, variant, source, Z/U update) of the convergence grid (see the module doc).
+
+    Runs trained before a record existed lack it: the loss-free control and the Z-mask
+    distances then have no rows, and the ``dist_*`` columns are missing (NaN).
+    """
+    from ..nxm import NxM
+
+    preset = get_preset(preset)
+    density = NxM.parse(preset.pattern).density
+    parts = []
+    for run in convergence_runs(preset, results_dir).itertuples(index=False):
+        if not run.finished:
+            continue
+        folder = RunFolder.at(os.path.join(results_dir, run.run))
+        keys = {"task": run.task, "variant": run.variant, "run": run.run}
+        dynamics = folder.read_frame(RunFolder.DYNAMICS)
+        numel = _numel(folder, density)
+        if dynamics is not None and not dynamics.empty and numel:
+            upd = dynamics[(dynamics["event"] == "update") & (dynamics["phase"] == "admm")].copy()
+            upd["w2"] = upd["rel_dist"].astype("float64") ** 2  # rel_dist: root mean square over targets
+            frame = upd.groupby("step").agg(
+                rho_used=("rho_used", "first"), flips=("flips", "sum"),
+                primal=("primal", lambda s: math.sqrt(float((s.astype("float64") ** 2).sum()))),
+                dual=("dual", lambda s: math.sqrt(float((s.astype("float64") ** 2).sum()))),
+                rel_dist=("w2", lambda s: math.sqrt(float(s.mean())))).reset_index()
+            frame["flips"] = frame["flips"] / numel
+            z = folder.read_frame(RunFolder.Z_MASKS)
+            if z is not None and not z.empty:
+                wide = z.pivot_table(index="step", columns="reference", values="distance").add_prefix("dist_")
+                frame = frame.merge(wide.reset_index(), on="step", how="left")
+            parts.append(frame.assign(source="training", **keys))
+        control = folder.read_frame(RunFolder.LOSS_FREE)
+        if control is not None and not control.empty:
+            control = control.rename(columns={"start_distance": "dist_start_magnitude",
+                                              "final_distance": "dist_final"})
+            parts.append(control.assign(source="loss-free", **keys))
+    if not parts:
+        return pd.DataFrame()
+    frame = pd.concat(parts, ignore_index=True)
+    first = ["task", "variant", "run", "source", "step"]
+    return frame[first + [c for c in frame.columns if c not in first]]
+
+
+def choose_default(convergence: pd.DataFrame, variants: Sequence[str] | None = None) -> tuple[str | None, pd.DataFrame]:
+    """``(variant, table)``: the variant :data:`DEFAULT_RULE` picks, and per variant the
+    tasks it ran on, whether it converged on all of them, and its mean ADMM training loss.
+
+    ``variant`` is ``None`` when no variant converged everywhere.
+    """
+    frame = convergence if variants is None else convergence[convergence["variant"].isin(variants)]
+    rows = []
+    for variant, group in frame.groupby("variant", sort=False):
+        rows.append({"variant": variant, "tasks": ", ".join(sorted(group["task"])),
+                     "converged_everywhere": bool(group["converged"].fillna(False).astype(bool).all()),
+                     "train_loss": float(group["train_loss"].mean())})
+    table = pd.DataFrame(rows, columns=["variant", "tasks", "converged_everywhere", "train_loss"])
+    eligible = table[table["converged_everywhere"]].sort_values("train_loss")
+    return (None if eligible.empty else str(eligible.iloc[0]["variant"])), table
