@@ -11,21 +11,32 @@ from pathlib import Path
 
 import pytest
 
+from bench import BENCHMARKS
 from bench.study_cost import GLUE_TRAIN_SIZES, project_preset_seconds
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MACHINE_KEYS = {"cpu_count", "platform", "torch", "torch_threads", "date_utc", "cpu_model", "python"}
 
 
-@pytest.fixture(scope="module")
-def quick_results(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bench")
+def _run_quick(out: Path, *only: str) -> Path:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out), "--threads", "1"],
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out), "--threads", "1",
+                           "--only", ",".join(only)],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "targets met" in proc.stdout
     return out
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory) -> Path:
+    """Every benchmark but padding (which has its own fixture, so that its test runs alone)."""
+    return _run_quick(tmp_path_factory.mktemp("bench"), *(k for k in BENCHMARKS if k != "padding"))
+
+
+@pytest.fixture(scope="module")
+def quick_padding(tmp_path_factory) -> Path:
+    return _run_quick(tmp_path_factory.mktemp("bench_padding"), "padding")
 
 
 def _load(folder: Path, name: str) -> dict:
@@ -81,6 +92,43 @@ def test_study_cost_json(quick_results):
     assert _is_ratio(data["scale"]["big_vs_small"]["median"])
     assert all(row["source"] in ("store",) or row["source"].startswith("estimate")
                for row in data["seconds_per_epoch"].values())
+
+
+@pytest.mark.slow
+def test_padding_json(quick_padding):
+    from bench.padding import QUICK
+
+    data = _load(quick_padding, "padding")
+    tasks = data["tasks"]
+    assert list(tasks) == QUICK["tasks"]
+    measured = {t: e for t, e in tasks.items() if e["measured"]}
+    if not measured:
+        pytest.skip("no GLUE mirror: " + tasks[QUICK["tasks"][0]]["source"])
+    for task, e in measured.items():
+        r = e["real_per_padded"]
+        assert set(r) == {"before", "after", "sorted"}
+        assert all(isinstance(x, float) and 0 < x <= 1 for x in r.values())
+        assert r["before"] <= r["sorted"] and r["after"] <= r["sorted"]  # sorted is the bound
+        for case in ("before", "after", "sorted"):
+            p = e["padding"][case]
+            assert p["real_tokens"] == e["real_tokens"] <= p["padded_tokens"]
+            assert p["batches"] == math.ceil(e["rows"] / data["config"]["batch"])
+        assert data["targets"][f"{task} real tokens per padded token (group_by_length)"]["measured"] == r["after"]
+        if task not in data["config"]["throughput_tasks"]:
+            assert "throughput" not in e
+            continue
+        t = e["throughput"]
+        assert t["seconds"]["matmul"]["n"] == t["seconds"]["before"]["n"] == data["config"]["rounds"]
+        for case in ("before", "after"):
+            f = t["fraction_of_matmul"][case]
+            assert _is_ratio(f["value"]) and _is_ratio(f["median"]) and len(f["per_round"]) == data["config"]["rounds"]
+            assert _is_ratio(t["padded_fraction_of_matmul"][case]["value"])
+            assert len(t["batches_timed"][case]) == data["config"]["rounds"]
+        assert _is_ratio(t["after_vs_before_real_token_rate"]["median"])
+        goal = data["targets"][f"{task} real-token FLOP/s / fp32 matmul FLOP/s (group_by_length)"]
+        assert goal["target"] == ">= 0.6" and goal["measured"] == t["fraction_of_matmul"]["after"]["value"]
+    assert len(data["targets"]) == len(measured) + len([t for t in measured if t in data["config"]["throughput_tasks"]])
+    assert set(data["overall"]["real_per_padded"]) == {"before", "after", "sorted"}
 
 
 def test_project_preset_seconds_by_hand():

@@ -31,6 +31,8 @@ def test_every_preset_builds_valid_runs(name):
         assert cfg.model == preset.model and cfg.pattern == preset.pattern
         if preset.budget is not None and spec.method.sparse:  # the last phase fills the matched budget
             assert spec.method.budget_passes(spec) == preset.budget
+        elif not spec.method.sparse and dict(preset.options).get("dense_epochs"):
+            assert args.num_train_epochs == dict(preset.options)["dense_epochs"]
         else:
             assert args.num_train_epochs == preset.epochs
         assert args.learning_rate == preset.learning_rate
@@ -231,3 +233,16 @@ def test_bad_budgets_options_and_variants_are_refused():
         resolve_preset("quick", convergence={"fast": ("mrpc",)})
     with pytest.raises(ValueError, match="leaves no epochs"):
         preset_runs(resolve_preset("quick", budget=2), "table")
+
+
+def test_paper_preset_is_the_authors_setting():
+    runs = {spec.label: spec for spec in preset_runs("paper", "table") if spec.task.name == "rte"}
+    admm, dense = runs["admm"], runs["dense"]
+    assert dense.args.num_train_epochs == 5.0 and admm.dense().folder().path == dense.folder().path
+    assert admm.method.start(admm) == "dense" and admm.args.num_train_epochs == 10.0
+    assert (admm.args.per_device_train_batch_size, admm.args.learning_rate, admm.args.weight_decay,
+            admm.args.warmup_steps) == (16, 5e-5, 0.0, 0)
+    assert (admm.cfg.u_init, admm.cfg.penalty_before_clip, admm.cfg.train_only_targets, admm.cfg.retrain_epochs,
+            admm.cfg.rho, admm.cfg.rho_factor, admm.cfg.admm_interval, admm.cfg.decoupled_penalty) == (
+        "residual", True, True, 0.0, 1e-3, 1.0, None, False)
+    assert [p.name for p in admm.method.phases] == ["admm", "retrain"]  # retrain 0: skipped at run time

@@ -122,8 +122,9 @@ class Preset:
             parse_label(label)
         for name in ("epochs", "retrain_epochs", "learning_rate", "rho"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be > 0, got {value!r}")
+            low_ok = value >= 0 if name == "retrain_epochs" else value > 0  # 0 retrain epochs: prune by Proj(W), end
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and low_ok):
+                raise ValueError(f"{name} must be > 0{' (or 0)' if name == 'retrain_epochs' else ''}, got {value!r}")
         if any(not (math.isfinite(r) and r > 0) for r in self.rho_grid):
             raise ValueError(f"rho_grid values must be > 0, got {self.rho_grid}")
         for name in ("batch_size", "save_steps", "log_interval", "logging_steps", "max_seq_length"):
@@ -199,13 +200,17 @@ PRESETS: dict[str, Preset] = {
         Preset(
             name="paper", model="bert-base", tasks=("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"),
             seeds=(42,), methods=("dense", "magnitude", "admm", "magnitude+kd", "admm+kd"),
-            epochs=3, retrain_epochs=2, learning_rate=5e-5, batch_size=32,
-            rho_grid=(1e-4, 1e-3, 1e-2), rho_tasks=("rte", "mrpc"), save_steps=500, log_interval=100,
+            epochs=10, retrain_epochs=0, learning_rate=5e-5, batch_size=16, rho=1e-3,
+            options={"admm_init": "dense", "dense_epochs": 5.0, "u_init": "residual", "penalty_before_clip": True,
+                     "train_only_targets": True, "weight_decay": 0.0, "warmup_steps": 0},
+            rho_grid=(1e-3, 4e-3, 1e-2), rho_tasks=("rte", "mrpc"), save_steps=500, log_interval=100,
             logging_steps=100,
-            description="The paper's setting: bert-base-uncased (from the Hugging Face Hub) on the eight GLUE "
-                        "tasks, 4:2, rho 1e-3, sequence length 128, lr 5e-5, batch 32 (the paper searched "
-                        "lr <= 1e-4 and batch 16/32 per task; this preset uses one setting). Needs the Hub "
-                        "(QQP is not in the offline mirror) and GPUs.",
+            description="The authors' code (pkulium/modelpruning-devNxM, commit dffb3e9): bert-base-uncased (Hub) "
+                        "fine-tuned dense for 5 epochs, then 10 epochs of ADMM from it at batch 16, lr 5e-5 (their "
+                        "grid: 5e-5, 7e-5, 1e-4), weight decay 0, no warm-up, rho 1e-3 constant (grid 1e-3, 4e-3, "
+                        "1e-2), one Z/U update per epoch, U0 = W0 - Proj(W0), the penalty before gradient clipping, "
+                        "only the target Linear layers training, and the prune by Proj(W) with no retraining. "
+                        "Needs the Hub (QQP and the MNLI/QNLI training sets are not in the offline mirror) and GPUs.",
         ),
     )
 }
@@ -259,6 +264,8 @@ def make_run(preset: Preset, task: str, label: str, seed: int, results_dir: str 
     })
     if preset.budget is not None and method.sparse and cfg.dense_epochs is None:
         cfg = dataclasses.replace(cfg, dense_epochs=float(preset.epochs))  # the dense run keeps its length
+    if not method.sparse and cfg.dense_epochs is not None:  # the options' dense_epochs is the dense run's length
+        args.num_train_epochs = float(cfg.dense_epochs)
     spec = RunSpec.parse(cfg, args)
     if preset.budget is not None and method.sparse:
         field, epochs = method.match_budget(spec, preset.budget)
