@@ -432,3 +432,29 @@ def test_updates_per_epoch_sets_the_interval_and_excludes_admm_interval():
         _updates_spec(admm_updates_per_epoch=5, admm_interval=3)
     with pytest.raises(ValueError, match="admm_updates_per_epoch must be a positive integer"):
         _updates_spec(admm_updates_per_epoch=0)
+
+
+def test_quick_schedule_drives_flips_to_zero_and_the_distance_below_1e_3():
+    """The quick preset's ADMM setting (decoupled penalty, constant rho, AdamW with linear
+    decay, several Z/U updates per epoch) on the least-squares toy: the loss keeps pushing,
+    yet W lands on the n:m set and the mask stops changing (issue #12)."""
+    x, y = least_squares(0)
+    layer = nn.Linear(16, 4, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+    admm = ADMM(layer, {"fc": layer}, "4:2", rho=1000.0)
+    steps, interval = 400, 20
+    opt = torch.optim.AdamW(layer.parameters(), lr=5e-4, weight_decay=0.0)
+    sched = get_linear_schedule_with_warmup(opt, steps // 10, steps)
+    history = []
+    for step in range(1, steps + 1):
+        opt.zero_grad()
+        ls_loss(layer.weight, x, y).backward()
+        opt.step()
+        admm.decoupled_step(opt.param_groups[0]["lr"])  # lr * rho = 0.5 at the peak
+        sched.step()
+        if step % interval == 0:
+            history.append(admm.update()["fc"])
+    assert history[-1].rel_dist < 1e-3
+    assert [d.flips for d in history[-3:]] == [0, 0, 0]
+    assert torch.equal(admm.masks["fc"], nxm_mask(layer.weight, "4:2"))
