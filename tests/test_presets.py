@@ -18,7 +18,7 @@ from nxmlab.study.reproduce import NOTEBOOKS, notebook_dir, plan
 from nxmlab.study.store import atomic_write_json
 
 # (table runs, rho-sweep runs, all runs deduplicated)
-EXPECTED = {"smoke": (12, 3, 15), "quick": (6, 3, 17), "cpu": (90, 42, 126), "paper": (40, 6, 44)}
+EXPECTED = {"smoke": (12, 3, 15), "quick": (6, 3, 53), "cpu": (90, 42, 126), "paper": (40, 6, 44)}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -26,7 +26,10 @@ def test_every_preset_builds_valid_runs(name):
     preset = get_preset(name)
     table, rho, everything = (preset_runs(preset, s) for s in ("table", "rho", "all"))
     assert (len(table), len(rho), len(everything)) == EXPECTED[name]
+    tuning = {spec.folder().path for spec in preset_runs(preset, "tuning")}  # the dense grid: its own lr/epochs
     for spec in everything:
+        if spec.folder().path in tuning:
+            continue
         cfg, args = spec.cfg, spec.args
         assert cfg.model == preset.model and cfg.pattern == preset.pattern
         if preset.budget is not None and spec.method.sparse:  # the last phase fills the matched budget
@@ -246,3 +249,22 @@ def test_paper_preset_is_the_authors_setting():
             admm.cfg.rho, admm.cfg.rho_factor, admm.cfg.admm_interval, admm.cfg.decoupled_penalty) == (
         "residual", True, True, 0.0, 1e-3, 1.0, None, False)
     assert [p.name for p in admm.method.phases] == ["admm", "retrain"]  # retrain 0: skipped at run time
+
+
+def test_tuning_study_is_the_dense_grid_and_choose_dense_picks_the_best_complete_point(tmp_path):
+    import pandas as pd
+
+    from nxmlab.study.tuning import choose_dense, load_tuning
+
+    quick = get_preset("quick")
+    runs = preset_runs(quick, "tuning", str(tmp_path))
+    assert len(runs) == len(quick.dense_grid) * len(quick.tuning_tasks) * len(quick.tuning_seeds) == 36
+    assert {(s.args.learning_rate, s.args.num_train_epochs) for s in runs} == set(quick.dense_grid)
+    assert {s.label for s in runs} == {"dense"} and len({s.folder().path for s in runs}) == 36
+    assert load_tuning(quick, tmp_path).empty  # nothing finished
+    frame = pd.DataFrame({"task": ["rte"] * 5, "learning_rate": [2e-5, 2e-5, 5e-5, 5e-5, 1e-4],
+                          "epochs": [3.0] * 5, "seed": [42, 43, 42, 43, 42], "score": [60, 62, 59, 59, 70]})
+    table = choose_dense(frame, seeds=2)
+    chosen = table[table["chosen"]]
+    assert list(chosen["learning_rate"]) == [2e-5]  # 1e-4 scored higher, but with one seed only
+    assert table.set_index("learning_rate").loc[2e-5, "mean"] == 61

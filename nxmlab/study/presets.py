@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: Run lists a preset expands into (see the module docstring).
-STUDIES: tuple[str, ...] = ("table", "rho", "dynamics", "convergence")
+STUDIES: tuple[str, ...] = ("table", "rho", "dynamics", "convergence", "tuning")
 
 #: The ADMM variants of the convergence study (issue #12): option overrides of one factor
 #: each against the preset's ADMM setting (``default``), plus the paper's setting.  Keys are
@@ -100,14 +100,19 @@ class Preset:
     budget: float | None = None
     options: tuple[tuple[str, Any], ...] = ()
     convergence: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    dense_grid: tuple[tuple[float, float], ...] = ()
+    tuning_tasks: tuple[str, ...] = ()
+    tuning_seeds: tuple[int, ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
         # accept lists (papermill parameters, CLI) and keep the dataclass hashable
-        for name, kind in (("tasks", str), ("seeds", int), ("methods", str), ("rho_grid", float), ("rho_tasks", str)):
+        for name, kind in (("tasks", str), ("seeds", int), ("methods", str), ("rho_grid", float), ("rho_tasks", str),
+                           ("tuning_tasks", str), ("tuning_seeds", int)):
             object.__setattr__(self, name, _tuple(getattr(self, name), kind))
         options = dict(self.options)
         object.__setattr__(self, "options", tuple(sorted(options.items())))
+        object.__setattr__(self, "dense_grid", tuple((float(lr), float(ep)) for lr, ep in self.dense_grid))
         convergence = dict(self.convergence)
         object.__setattr__(self, "convergence", tuple((v, _tuple(t, str)) for v, t in convergence.items()))
         self.validate()
@@ -143,6 +148,11 @@ class Preset:
                 raise ValueError(f"unknown convergence variant {variant!r}; choose from {', '.join(VARIANTS)}")
             for task in tasks:
                 get_task(task)
+        for task in self.tuning_tasks:
+            get_task(task)
+        for lr, epochs in self.dense_grid:
+            if not (math.isfinite(lr) and lr > 0 and math.isfinite(epochs) and epochs > 0):
+                raise ValueError(f"dense_grid entries are (learning rate > 0, epochs > 0), got {(lr, epochs)}")
 
     def replace(self, **overrides: Any) -> Preset:
         """A copy with the given fields changed; ``None`` values are ignored (= keep)."""
@@ -183,6 +193,8 @@ PRESETS: dict[str, Preset] = {
             convergence={"paper": ("mrpc", "stsb", "rte"), "default": ("mrpc", "stsb", "rte"),
                          "coupled-rising": ("mrpc",), "rising": ("mrpc",), "epoch-interval": ("mrpc",),
                          "short-phase": ("mrpc",), "u-residual": ("mrpc",)},
+            dense_grid=[(lr, ep) for ep in (3.0, 6.0) for lr in (2e-5, 5e-5, 1e-4)],
+            tuning_tasks=("mrpc", "stsb", "rte"), tuning_seeds=(42, 43),
             description="MiniLM-L6 (offline) on MRPC and STS-B, one seed, a matched budget of 3 passes over the "
                         "training set per sparse run (dense 2 epochs; magnitude: dense + 1 masked epoch; ADMM: 2 "
                         "epochs with the decoupled penalty, rho 1000, 5 Z/U updates per epoch, + 1 retrain epoch). "
@@ -231,10 +243,12 @@ def resolve_preset(name: str | Preset, **overrides: Any) -> Preset:
 
 
 def make_run(preset: Preset, task: str, label: str, seed: int, results_dir: str = "results",
-             glue_dir: str | None = None, rho: float | None = None, variant: str | None = None):
+             glue_dir: str | None = None, rho: float | None = None,
+             variant: str | tuple[tuple[str, Any], ...] | None = None):
     """The parsed :class:`~nxmlab.study.config.RunSpec` of one run of ``preset``.
 
-    The preset's ``options`` apply first, then the convergence ``variant``'s overrides
+    The preset's ``options`` apply first, then the ``variant``'s overrides (a name in
+    :data:`VARIANTS`, or ``(field, value)`` pairs as the tuning study's grid points),
     (:data:`VARIANTS`), then ``rho``.  With a ``budget``, the method's last phase gets the
     epochs that make the run pay exactly ``budget`` passes over the training set
     (:meth:`~nxmlab.study.methods.Method.match_budget`).
@@ -242,7 +256,8 @@ def make_run(preset: Preset, task: str, label: str, seed: int, results_dir: str 
     from .config import NxMTrainingArguments, RunConfig, RunSpec
 
     method, kd = parse_label(label)
-    overrides = {**dict(preset.options), **(VARIANTS[variant] if variant else {})}
+    extra = VARIANTS[variant] if isinstance(variant, str) else dict(variant or ())
+    overrides = {**dict(preset.options), **extra}
     if rho is not None:
         overrides["rho"] = float(rho)
     cfg_fields = {f.name: f.default for f in dataclasses.fields(RunConfig)}
@@ -296,7 +311,10 @@ def study_keys(preset: str | Preset, study: str | Sequence[str] = "table"
     * ``convergence``: the same labels without KD, once per ``(variant, tasks)`` of the
       preset's ``convergence`` grid (:data:`VARIANTS`).
 
-    ``rho`` is set for the rho sweep's runs and ``variant`` for the convergence study's
+    * ``tuning``: ``dense`` at every ``(learning_rate, epochs)`` of ``dense_grid`` on
+      ``tuning_tasks`` and ``tuning_seeds`` (``variant`` holds the grid point).
+
+    ``rho`` is set for the rho sweep's runs and ``variant`` for the convergence and tuning studies'
     (both ``None`` elsewhere); a dense run comes before the sparse runs that need it.
     Duplicates are kept: :func:`preset_runs` merges runs with identical configurations.
     """
@@ -311,6 +329,11 @@ def study_keys(preset: str | Preset, study: str | Sequence[str] = "table"
             swept = [lb for lb in preset.labels if "rho" in parse_label(lb)[0].options and not parse_label(lb)[1]]
             wanted += [(task, label, seed, rho, None) for task in preset.rho_tasks for seed in preset.seeds
                        for label in swept for rho in sorted(preset.rho_grid)]
+            continue
+        if name == "tuning":
+            wanted += [(task, "dense", seed, None, (("learning_rate", lr), ("num_train_epochs", epochs)))
+                       for task in preset.tuning_tasks for lr, epochs in preset.dense_grid
+                       for seed in preset.tuning_seeds]
             continue
         if name == "convergence":
             labels = [lb for lb in preset.labels if parse_label(lb)[0].records_dynamics and not parse_label(lb)[1]]
