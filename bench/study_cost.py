@@ -48,7 +48,7 @@ EVAL_BATCH = 8
 
 FULL = {"model": "minilm-l6", "batch": 32, "max_seq_length": 128, "sample_rows": 2048, "rounds": 2, "warmup": 1,
         "tasks": ["cola", "sst2", "mrpc", "stsb", "qnli", "mnli", "rte"], "scale_model": "bert-base-config",
-        "scale_batch": 32, "scale_seq": 128, "scale_rounds": 2, "presets": ["quick", "cpu", "paper"],
+        "scale_batch": 32, "scale_seq": 128, "scale_rounds": 2, "presets": ["quick", "convergence", "cpu", "paper"],
         "pattern": "4:2", "rho": 1e-3, "lr": 5e-5, "weight_decay": 0.01}
 QUICK = {"model": "tiny", "batch": 4, "max_seq_length": 32, "sample_rows": 64, "rounds": 1, "warmup": 1,
          "tasks": ["rte"], "scale_model": "small-bert-config", "scale_batch": 4, "scale_seq": 32, "scale_rounds": 1,

@@ -165,7 +165,10 @@ def test_project_preset_seconds_full_sizes():
     assert mrpc["dense"]["steps"] == 2 * per_epoch  # quick: 2 epochs
     assert mrpc["magnitude"]["steps"] == per_epoch  # + 1 masked epoch: the matched budget of 3 passes
     assert [p["epochs"] for p in mrpc["admm"]["phases"]] == [2.0, 1.0]
-    assert any(r["task"] == "rte" for r in out["runs"])  # the convergence study's RTE runs
+    assert not any(r["task"] == "rte" for r in out["runs"])  # quick: MRPC and STS-B only
+    grid = project_preset_seconds("convergence", {t: {k: 1.0 for k in ("dense", "admm", "fixed")}
+                                                  for t in ("rte", "mrpc", "stsb")})
+    assert len(grid["runs"]) == 13 and any(r["task"] == "rte" for r in grid["runs"])
 
 
 def test_cli_rejects_unknown_benchmark():

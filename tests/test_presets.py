@@ -18,7 +18,7 @@ from nxmlab.study.reproduce import NOTEBOOKS, notebook_dir, plan
 from nxmlab.study.store import atomic_write_json
 
 # (table runs, rho-sweep runs, all runs deduplicated)
-EXPECTED = {"smoke": (12, 3, 15), "quick": (6, 3, 53), "cpu": (90, 42, 126), "paper": (40, 6, 44)}
+EXPECTED = {"smoke": (12, 3, 15), "quick": (6, 0, 42), "convergence": (3, 3, 13), "cpu": (90, 42, 126), "paper": (40, 6, 44)}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -41,11 +41,12 @@ def test_every_preset_builds_valid_runs(name):
         assert args.learning_rate == preset.learning_rate
         assert args.per_device_train_batch_size == preset.batch_size and args.seed in preset.seeds
     labels = {spec.label for spec in table}
-    assert labels == set(preset.methods) | {"dense"}
+    assert set(preset.methods) <= labels <= set(preset.methods) | {"dense"}
     # the default-rho run of the sweep is the table's admm run
     table_dirs = {spec.folder().path for spec in table}
     shared = [spec.folder().path for spec in rho if spec.cfg.rho == preset.rho]
-    assert shared and all(d in table_dirs for d in shared) == ("admm" in preset.methods)
+    if preset.rho_tasks:
+        assert shared and all(d in table_dirs for d in shared) == ("admm" in preset.methods)
     assert len({spec.folder().path for spec in everything}) == len(everything)
     assert preset.description
 
@@ -82,7 +83,7 @@ def test_cpu_preset_shares_runs_with_plain_nxmlab_train():
 
 
 def test_unknown_preset_and_bad_overrides():
-    with pytest.raises(ValueError, match=r"unknown preset 'nope'; choose one of: smoke, quick, cpu, paper"):
+    with pytest.raises(ValueError, match=r"unknown preset 'nope'; choose one of: smoke, quick, convergence, cpu, paper"):
         get_preset("nope")
     with pytest.raises(ValueError, match="unknown preset field"):
         resolve_preset("smoke", colour="red")
@@ -116,7 +117,7 @@ def test_every_notebook_exists():
 def test_reproduce_unknown_preset_exits_2_with_one_line(capsys):
     assert main(["reproduce", "--preset", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["nxmlab: error: unknown preset 'nope'; choose one of: smoke, quick, cpu, paper"]
+    assert err == ["nxmlab: error: unknown preset 'nope'; choose one of: smoke, quick, convergence, cpu, paper"]
 
 
 def test_reproduce_unknown_preset_exit_status_of_the_command(tmp_path):
@@ -124,7 +125,7 @@ def test_reproduce_unknown_preset_exit_status_of_the_command(tmp_path):
                           text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "nxmlab: error: unknown preset 'nope'; choose one of: smoke, quick, cpu, paper"]
+        "nxmlab: error: unknown preset 'nope'; choose one of: smoke, quick, convergence, cpu, paper"]
 
 
 def test_reproduce_unknown_notebook_exits_2(capsys, tmp_path):
@@ -215,7 +216,12 @@ def test_budget_variants_and_options_of_the_quick_preset():
     assert magnitude.args.num_train_epochs == 1.0 and magnitude.dense().folder().path == dense.folder().path
     assert admm.args.num_train_epochs == 2.0 and admm.cfg.retrain_epochs == 1.0
     assert admm.cfg.decoupled_penalty and admm.cfg.admm_updates_per_epoch == 5 and admm.cfg.rho == 1000.0
-    variants = {(spec.task.name, spec.folder().name): spec for spec in preset_runs(quick, "convergence")}
+    convergence = get_preset("convergence")
+    variants = {(spec.task.name, spec.folder().name): spec for spec in preset_runs(convergence, "convergence")}
+    default = {s.task.name: s.folder().path for s in preset_runs(convergence, "convergence") if s.cfg.decoupled_penalty
+               and s.cfg.rho == 1000.0 and s.cfg.u_init == "zero" and s.cfg.admm_updates_per_epoch == 5
+               and s.args.num_train_epochs == 2.0}
+    assert default["mrpc"] == admm.folder().path  # the convergence study's default is quick's admm run
     assert len(variants) == 3 + 3 + 5
     paper = [s for s in variants.values() if not s.cfg.decoupled_penalty and s.cfg.rho_factor == 1.0]
     assert {s.task.name for s in paper} == {"mrpc", "stsb", "rte"}

@@ -35,8 +35,11 @@ def describe_preset(preset: Preset) -> str:
         f"seeds {', '.join(map(str, preset.seeds))}\n"
         f"  methods {', '.join(preset.labels)}; {preset.epochs:g} epochs (+{preset.retrain_epochs:g} retrain after "
         f"ADMM), lr {preset.learning_rate:g}, batch {preset.batch_size}, rho {preset.rho:g}\n"
-        f"  rho grid {', '.join(f'{r:g}' for r in preset.rho_grid)} on {', '.join(preset.rho_tasks)}\n"
-        f"  limits: train {preset.train_limit or 'all'}, eval {preset.eval_limit or 'all'}; "
+        + (f"  rho grid {', '.join(f'{r:g}' for r in preset.rho_grid)} on {', '.join(preset.rho_tasks)}\n"
+           if preset.rho_grid and preset.rho_tasks else "  no rho sweep\n")
+        + (f"  matched budget: {preset.budget:g} passes over the training set per sparse run\n" if preset.budget else "")
+        + (f"  options: {', '.join(f'{k}={v}' for k, v in preset.options)}\n" if preset.options else "")
+        + f"  limits: train {preset.train_limit or 'all'}, eval {preset.eval_limit or 'all'}; "
         f"{table} table runs, {rho} rho-sweep runs"
     )
 

@@ -103,12 +103,13 @@ class Preset:
     dense_grid: tuple[tuple[float, float], ...] = ()
     tuning_tasks: tuple[str, ...] = ()
     tuning_seeds: tuple[int, ...] = ()
+    notebooks: tuple[str, ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
         # accept lists (papermill parameters, CLI) and keep the dataclass hashable
         for name, kind in (("tasks", str), ("seeds", int), ("methods", str), ("rho_grid", float), ("rho_tasks", str),
-                           ("tuning_tasks", str), ("tuning_seeds", int)):
+                           ("tuning_tasks", str), ("tuning_seeds", int), ("notebooks", str)):
             object.__setattr__(self, name, _tuple(getattr(self, name), kind))
         options = dict(self.options)
         object.__setattr__(self, "options", tuple(sorted(options.items())))
@@ -171,6 +172,9 @@ class Preset:
         return tuple(label_order(self.methods))
 
 
+#: quick's ADMM setting, chosen by the convergence study (README: "Does ADMM converge before the hard prune?").
+QUICK_ADMM = {"decoupled_penalty": True, "admm_updates_per_epoch": 5}
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -188,17 +192,26 @@ PRESETS: dict[str, Preset] = {
             name="quick", model="minilm-l6", tasks=("mrpc", "stsb"), seeds=(42,),
             methods=("dense", "magnitude", "admm"),
             epochs=2, retrain_epochs=1, learning_rate=5e-5, batch_size=32, budget=3,
-            rho=1000.0, options={"decoupled_penalty": True, "admm_updates_per_epoch": 5},
-            rho_grid=(300.0, 1000.0, 3000.0), rho_tasks=("mrpc",), save_steps=50, log_interval=10,
+            rho=1000.0, options=QUICK_ADMM, rho_grid=(), rho_tasks=(), save_steps=50, log_interval=10,
+            dense_grid=[(lr, ep) for ep in (3.0, 6.0) for lr in (2e-5, 5e-5, 1e-4)],
+            tuning_tasks=("mrpc", "stsb", "rte"), tuning_seeds=(42, 43),
+            notebooks=("glue_table", "sparsity_dynamics", "mask_distance"),
+            description="MiniLM-L6 (offline) on MRPC and STS-B, one seed, a matched budget of 3 passes over the "
+                        "training set per sparse run (dense 2 epochs; magnitude: dense + 1 masked epoch; ADMM: 2 "
+                        "epochs with the decoupled penalty, rho 1000, 5 Z/U updates per epoch, + 1 retrain epoch).",
+        ),
+        Preset(
+            name="convergence", model="minilm-l6", tasks=("mrpc", "stsb", "rte"), seeds=(42,), methods=("admm",),
+            epochs=2, retrain_epochs=1, learning_rate=5e-5, batch_size=32, budget=3,
+            rho=1000.0, options=QUICK_ADMM, rho_grid=(300.0, 1000.0, 3000.0), rho_tasks=("mrpc",),
+            save_steps=50, log_interval=10,
             convergence={"paper": ("mrpc", "stsb", "rte"), "default": ("mrpc", "stsb", "rte"),
                          "coupled-rising": ("mrpc",), "rising": ("mrpc",), "epoch-interval": ("mrpc",),
                          "short-phase": ("mrpc",), "u-residual": ("mrpc",)},
-            dense_grid=[(lr, ep) for ep in (3.0, 6.0) for lr in (2e-5, 5e-5, 1e-4)],
-            tuning_tasks=("mrpc", "stsb", "rte"), tuning_seeds=(42, 43),
-            description="MiniLM-L6 (offline) on MRPC and STS-B, one seed, a matched budget of 3 passes over the "
-                        "training set per sparse run (dense 2 epochs; magnitude: dense + 1 masked epoch; ADMM: 2 "
-                        "epochs with the decoupled penalty, rho 1000, 5 Z/U updates per epoch, + 1 retrain epoch). "
-                        "The convergence study adds RTE and one-factor variants of the ADMM setting on MRPC.",
+            notebooks=("convergence", "rho_analysis"),
+            description="The ADMM convergence study of quick's setting (issue #12): the paper's setting and quick's "
+                        "on MRPC, STS-B and RTE, one-factor variants and a rho sweep on MRPC, at quick's budget "
+                        "(its default runs are quick's ADMM runs).",
         ),
         Preset(
             name="cpu", model="minilm-l6", tasks=("cola", "sst2", "mrpc", "stsb", "rte"), seeds=(42, 43, 44),

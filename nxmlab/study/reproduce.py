@@ -203,7 +203,8 @@ def reproduce(preset: Preset | str, results_dir: str | os.PathLike[str] = "resul
         results_dir: Results store (finished runs are reused).
         figures_dir: Where the notebooks write figures and tables.
         glue_dir: GLUE mirror (``None``: ``$NXMLAB_GLUE_DIR``, else the Hub).
-        notebooks: Subset of :data:`NOTEBOOKS` (always run in that order).
+        notebooks: Subset of :data:`NOTEBOOKS` (always run in that order); default: the
+            preset's ``notebooks``, or all of them.
         dry_run: Print the plan and return without executing or writing anything.
         output_root: Executed copies go to ``<output_root>/<preset>/``.
         progress_bar: papermill's per-cell progress bar.
@@ -214,11 +215,11 @@ def reproduce(preset: Preset | str, results_dir: str | os.PathLike[str] = "resul
     Returns:
         The executed notebooks' paths (empty for a dry run).
     """
-    names = _select(notebooks)
     parameters = dict(parameters or {})
     overrides = {k: v for k, v in parameters.items() if k not in ("train",)}
     base = resolve_preset(preset)  # raises ValueError for an unknown preset
     resolved = base.replace(**overrides)
+    names = _select(notebooks or resolved.notebooks or None)
     results_dir, figures_dir = Path(results_dir).absolute(), Path(figures_dir).absolute()
     glue_dir = None if glue_dir is None else str(Path(glue_dir).expanduser().absolute())
     steps = plan(resolved, results_dir, glue_dir, names)
