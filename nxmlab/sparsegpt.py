@@ -100,35 +100,33 @@ def sparsegpt_prune(
     n = pattern.n
     block = -(-blocksize // n) * n
 
-    w = weight.detach().to(dtype=dtype).clone()
-    h = hessian.detach().to(device=w.device, dtype=dtype).clone()
+    # work on the transpose: column j of W is the contiguous row wt[j]
+    wt = weight.detach().T.to(dtype=dtype).contiguous()
+    h = hessian.detach().to(device=wt.device, dtype=dtype).clone()
     diag = h.diagonal()
     dead = diag == 0
     diag[dead] = 1
-    w[:, dead] = 0
+    wt[dead] = 0
     diag.add_(damp * diag.mean())
     u = _inverse_cholesky(h, name)
 
-    keep = torch.zeros(rows, cols, dtype=torch.bool, device=w.device)
+    keep = torch.zeros(cols, rows, dtype=torch.bool, device=wt.device)
     for start in range(0, cols, block):
         end = min(start + block, cols)
-        w1 = w[:, start:end].clone()
+        w1 = wt[start:end]  # a view: processed columns are overwritten with their q
         u1 = u[start:end, start:end]
         d1 = u1.diagonal()
         err1 = torch.zeros_like(w1)
         for i in range(end - start):
             if i % n == 0:  # start is a multiple of n: this is the group's first column
-                saliency = w1[:, i : i + n].square() / d1[i : i + n].square()
-                keep[:, start + i : start + i + n] = nxm_mask(saliency, pattern, name)
-            col = w1[:, i]
-            q = col.masked_fill(~keep[:, start + i], 0)
-            err = (col - q) / d1[i]
-            w1[:, i + 1 :] -= torch.outer(err, u1[i, i + 1 :])
-            w1[:, i] = q
-            err1[:, i] = err
-        w[:, start:end] = w1
-        w[:, end:] -= err1 @ u[start:end, end:]
-    return w.to(dtype=weight.dtype), keep
+                saliency = (w1[i : i + n].square() / d1[i : i + n, None].square()).T
+                keep[start + i : start + i + n] = nxm_mask(saliency, pattern, name).T
+            err = w1[i].masked_fill(keep[start + i], 0) / d1[i]  # (w - q) / d
+            w1[i + 1 :].addr_(u1[i, i + 1 :], err, alpha=-1)
+            w1[i].masked_fill_(~keep[start + i], 0)  # q: exact zeros
+            err1[i] = err
+        wt[end:].addmm_(u[start:end, end:].T, err1, alpha=-1)
+    return wt.T.to(dtype=weight.dtype).contiguous(), keep.T.contiguous()
 
 
 @torch.no_grad()

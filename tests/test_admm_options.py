@@ -458,3 +458,29 @@ def test_quick_schedule_drives_flips_to_zero_and_the_distance_below_1e_3():
     assert history[-1].rel_dist < 1e-3
     assert [d.flips for d in history[-3:]] == [0, 0, 0]
     assert torch.equal(admm.masks["fc"], nxm_mask(layer.weight, "4:2"))
+
+
+@pytest.mark.slow
+def test_backfilled_loss_free_control_equals_the_one_recorded_at_the_end_of_the_run(tmp_path, glue_dir):
+    import pandas as pd
+
+    from nxmlab.study.convergence import backfill_loss_free, load_convergence, load_updates
+    from nxmlab.study.presets import preset_runs
+    from nxmlab.study.recipe import run_experiment
+    from nxmlab.study.store import RunFolder
+
+    runs = preset_runs("smoke", "convergence", str(tmp_path), str(glue_dir))
+    assert len(runs) == 2
+    for spec in runs:
+        run_experiment(spec)
+    folder = runs[1].folder()
+    recorded = folder.read_frame(RunFolder.LOSS_FREE)
+    folder.file(RunFolder.LOSS_FREE).unlink()
+    assert backfill_loss_free("smoke", tmp_path) == [folder.rel]
+    pd.testing.assert_frame_equal(folder.read_frame(RunFolder.LOSS_FREE), recorded)
+    assert backfill_loss_free("smoke", tmp_path) == []  # nothing left to fill
+    conv = load_convergence("smoke", tmp_path)
+    assert list(conv["variant"]) == ["default", "u-residual"] and conv["converged"].notna().all()
+    updates = load_updates("smoke", tmp_path)
+    assert set(updates["source"]) == {"training", "loss-free"}
+    assert {"rel_dist", "flips", "primal", "dual", "dist_final", "dist_start_magnitude"} <= set(updates.columns)

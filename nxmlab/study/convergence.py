@@ -25,7 +25,7 @@ import pandas as pd
 from .presets import Preset, get_preset, make_run
 from .store import RunFolder, read_jsonl
 
-__all__ = ["convergence_runs", "load_convergence", "load_updates", "choose_default", "DEFAULT_RULE"]
+__all__ = ["convergence_runs", "load_convergence", "load_updates", "choose_default", "DEFAULT_RULE", "backfill_loss_free"]
 
 #: The rule :func:`choose_default` applies, in words (the README quotes it).
 DEFAULT_RULE = (
@@ -165,3 +165,35 @@ def choose_default(convergence: pd.DataFrame, variants: Sequence[str] | None = N
     table = pd.DataFrame(rows, columns=["variant", "tasks", "converged_everywhere", "train_loss"])
     eligible = table[table["converged_everywhere"]].sort_values("train_loss")
     return (None if eligible.empty else str(eligible.iloc[0]["variant"])), table
+
+
+def backfill_loss_free(preset: str | Preset, results_dir: str | os.PathLike[str] = "results") -> list[str]:
+    """Write ``loss_free.parquet`` into finished grid runs that were trained before it existed.
+
+    The control depends only on the run's configuration (start weights, schedule, learning
+    rates), so it is computed afterwards exactly as a new run computes it at its end.
+    ``admm_init="pretrained"`` runs only (the start is the pretrained model).  Returns the
+    runs it wrote.
+    """
+    from ..targets import select_targets
+    from .hooks import ADMMHooks
+    from .models import load_model_and_tokenizer
+
+    preset = get_preset(preset)
+    written = []
+    for run in convergence_runs(preset, results_dir).itertuples(index=False):
+        folder = RunFolder.at(os.path.join(results_dir, run.run))
+        if not run.finished or folder.file(RunFolder.LOSS_FREE).is_file():
+            continue
+        spec = make_run(preset, run.task, run.label, run.seed, str(results_dir), variant=run.variant)
+        if spec.method.start(spec) != "pretrained":
+            continue
+        phase = folder.state()["phases"]["admm"]
+        model, _ = load_model_and_tokenizer(spec.cfg.model, spec.task.num_labels,
+                                            is_regression=spec.task.is_regression, seed=spec.seed)
+        steps_per_epoch = round(phase["steps"] / phase["epochs"])
+        hooks = ADMMHooks(spec, folder, model, lambda m: select_targets(m, spec.components, pattern=spec.pattern),
+                          steps_per_epoch)
+        folder.write_frame(RunFolder.LOSS_FREE, hooks.loss_free())
+        written.append(run.run)
+    return written

@@ -195,7 +195,7 @@ class ADMMHooks:
             snapshots["admm_mid"] = load_file(self.folder.mid_weights)
         self.folder.write_frame(RunFolder.MAGNITUDES, magnitude_sample(snapshots, final_masks))
         self.folder.write_frame(RunFolder.Z_MASKS, self._z_mask_distances(update_steps, final_masks, references or {}))
-        self.folder.write_frame(RunFolder.LOSS_FREE, self._loss_free())
+        self.folder.write_frame(RunFolder.LOSS_FREE, self.loss_free())
         rel_dist = math.sqrt(pruned / total) if total > 0 else 0.0
         converged = is_converged(rel_dist, flips_last_two, z_distance, cost)
         if not converged:
@@ -225,7 +225,7 @@ class ADMMHooks:
                 rows.append({"step": step, "reference": name, "distance": differ / kept if kept else 0.0})
         return pd.DataFrame(rows, columns=["step", "reference", "distance"])
 
-    def _loss_free(self) -> pd.DataFrame:
+    def loss_free(self) -> pd.DataFrame:
         """The control: this phase's ADMM schedule on the start weights with no task loss."""
         from transformers import get_scheduler
 
