@@ -19,7 +19,8 @@ from nxmlab.targets import select_targets
 
 pytestmark = pytest.mark.slow
 
-SPARSE = [("magnitude", False), ("magnitude", True), ("unstructured", False), ("admm", False), ("admm", True)]
+SPARSE = [("magnitude", False), ("magnitude", True), ("unstructured", False), ("admm", False), ("admm", True),
+          ("sr-ste", False), ("sr-ste", True), ("wanda", False), ("sparsegpt", False)]
 
 
 def run_dir_for(cfg, args) -> RunFolder:
@@ -69,14 +70,15 @@ def test_every_method_leaves_a_complete_record(store, method, kd):
         assert set(metrics["eval"]) == {"final"}
         return
     assert set(metrics["eval"]) == {"before_prune", "after_prune", "final"}
-    assert metrics["dense_run"] is None if (method == "admm" and not kd) else metrics["dense_run"].startswith("rte/dense")
+    # every sparse run names the dense run: as its start / teacher, or (admm, sr-ste) as the ASP reference
+    assert metrics["dense_run"].startswith("rte/dense")
     masks = load_masks(run.masks_file)
     assert {"final", "pretrained_magnitude"} <= set(masks)
     assert set(run.mask_sample()) == set(masks)
     distances = run.read_frame(RunFolder.MASK_DISTANCES)
     assert set(distances["reference"]) == set(masks) - {"final"}
     assert set(metrics["mask_distance"]) == set(masks) - {"final"}
-    phases = {"admm": ["admm", "retrain"]}.get(method, ["finetune"])
+    phases = {"admm": ["admm", "retrain"], "sr-ste": ["srste", "retrain"]}.get(method, ["finetune"])
     assert list(metrics["phases"]) == phases
     for phase in metrics["phases"].values():
         assert phase["seconds"] > 0 and phase["seconds_per_epoch"] > 0
@@ -235,3 +237,13 @@ def test_kd_needs_matching_teacher_labels(tmp_path, glue_dir):
     with pytest.raises(ValueError, match="needs a dense teacher"):
         run.check_teacher(None)
     assert select_targets(student)  # sanity: the tiny model has targets
+
+
+def test_one_shot_baselines_choose_other_masks_than_magnitude(store):
+    """Wanda and SparseGPT look at activations: their masks are not ASP's (dense magnitude)."""
+    _, runs = store
+    for method in ("wanda", "sparsegpt"):
+        metrics, _ = runs[(method, False)]
+        assert metrics["mask_distance"]["dense_magnitude"] > 0.01, method
+    magnitude, _ = runs[("magnitude", False)]
+    assert magnitude["mask_distance"]["dense_magnitude"] == 0.0

@@ -69,6 +69,10 @@ class RunConfig:
     decoupled_penalty: bool = field(default=False, metadata={
         "help": "admm, beyond the paper: after each optimizer step W -= lr * rho * (W - Z + U), outside Adam's "
                 "normalisation (like AdamW's weight decay), instead of adding rho (W - Z + U) to the gradient."})
+    srste_lambda: float = field(default=2e-4, metadata={
+        "help": "sr-ste: weight of the sparse-refined term lambda_w (1 - mask) W added to the gradient (paper: 2e-4)."})
+    calibration_examples: int = field(default=128, metadata={
+        "help": "wanda, sparsegpt: training examples of the task used as calibration data (seeded sample)."})
     dense_epochs: float | None = field(default=None, metadata={"help": "Epochs of the dense teacher/start run (default: num_train_epochs)."})
     max_seq_length: int = field(default=128, metadata={"help": "Tokens per example (dynamic padding)."})
     kd_temperature: float = field(default=2.0, metadata={"help": "KD softmax temperature."})
@@ -184,7 +188,10 @@ class RunSpec:
             raise ValueError(f"retrain_epochs must be > 0, or 0 for no masked retraining, got {cfg.retrain_epochs!r}")
         if cfg.admm_interval is not None and cfg.admm_updates_per_epoch is not None:
             raise ValueError("admm_interval and admm_updates_per_epoch exclude each other (both set the Z/U interval)")
-        for name in ("admm_interval", "admm_updates_per_epoch", "admm_steps", "train_limit", "eval_limit", "max_seq_length", "log_interval"):
+        if not (isinstance(cfg.srste_lambda, (int, float)) and not isinstance(cfg.srste_lambda, bool)
+                and math.isfinite(cfg.srste_lambda) and cfg.srste_lambda >= 0):
+            raise ValueError(f"srste_lambda must be a finite number >= 0, got {cfg.srste_lambda!r}")
+        for name in ("calibration_examples", "admm_interval", "admm_updates_per_epoch", "admm_steps", "train_limit", "eval_limit", "max_seq_length", "log_interval"):
             if getattr(cfg, name) is not None:
                 _positive(name, getattr(cfg, name), integer=True)
         for name in ("dense_epochs", "kd_temperature"):

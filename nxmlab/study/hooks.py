@@ -29,7 +29,7 @@ from .store import RunFolder, append_jsonl, load_masks, read_jsonl, save_masks
 if TYPE_CHECKING:
     from .config import RunSpec
 
-__all__ = ["ADMMHooks", "STAGES", "downsample_dynamics", "ConvergenceCriteria", "CONVERGENCE", "is_converged"]
+__all__ = ["ADMMHooks", "SRSTEHooks", "STAGES", "downsample_dynamics", "ConvergenceCriteria", "CONVERGENCE", "is_converged"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,8 @@ def downsample_dynamics(records: list[dict[str, Any]], log_steps: int = LOG_STEP
 class ADMMHooks:
     """The ADMM phase: the ADMM state, its callback, the dynamics log and the diagnostics.
 
+    ``records_dynamics``: the phase writes ``dynamics.parquet`` (the dynamics notebook reads it).
+
     Args:
         spec: The run.
         folder: Its store folder.
@@ -102,6 +104,8 @@ class ADMMHooks:
         targets: ``targets(model) -> {name: nn.Linear}``.
         steps_per_epoch: Optimizer steps per epoch (the default Z/U interval).
     """
+
+    records_dynamics = True
 
     def __init__(self, spec: RunSpec, folder: RunFolder, model, targets: Callable, steps_per_epoch: int) -> None:
         cfg = spec.cfg
@@ -248,6 +252,40 @@ class ADMMHooks:
                                 eps=args.adam_epsilon, weight_decay=args.weight_decay,
                                 max_grad_norm=args.max_grad_norm if cfg.penalty_before_clip else None)
         return pd.DataFrame.from_records(records).astype({"rho_used": "float64"})
+
+
+class SRSTEHooks:
+    """The SR-STE phase (Zhou et al., 2021): forward with the n:m-masked weights, the mask
+    recomputed from the dense weights at every step, straight-through gradients plus the
+    sparse-refined term.  SR-STE holds no state besides the weights, so a resumed phase
+    needs nothing restored; at the end the plain Linear layers (dense weights) come back
+    and the registry's prune step fixes the mask of those weights.
+    """
+
+    records_dynamics = False
+
+    def __init__(self, spec: RunSpec, folder: RunFolder, model, targets: Callable, steps_per_epoch: int) -> None:
+        self.spec, self.model, self.targets = spec, model, targets
+        self.srste = None
+
+    def callbacks(self) -> list:
+        """Install SR-STE on the targets; its callback adds the refined term every optimizer step."""
+        from ..srste import SRSTE, SRSTECallback
+
+        self.srste = SRSTE(self.targets(self.model), self.spec.pattern, lambda_w=self.spec.cfg.srste_lambda)
+        return [SRSTECallback(self.srste)]
+
+    def resume(self, checkpoint: Path | None, step: int) -> None:
+        """Nothing to restore: the mask is a function of the (restored) weights."""
+
+    def end(self) -> None:
+        """Restore the plain Linear layers (the weights stay dense until the prune step)."""
+        if self.srste is not None:
+            self.srste.remove()
+
+    def finish(self, final_masks, final_model, scores=None, references=None) -> dict[str, Any]:
+        """No diagnostics beyond the run's own."""
+        return {}
 
 
 def magnitude_sample(snapshots: Mapping[str, Mapping[str, torch.Tensor]], masks: Mapping[str, torch.Tensor],

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..masking import magnitude_nxm_masks, unstructured_masks
-from .hooks import ADMMHooks
+from .hooks import ADMMHooks, SRSTEHooks
 
 if TYPE_CHECKING:
     from .config import RunSpec
@@ -51,6 +51,9 @@ class MaskContext:
         pretrained: The pretrained model.
         dense: The dense fine-tuned model, when the method needs it, else ``None``.
         targets: ``targets(model) -> {name: nn.Linear}``, the run's target selection.
+        calibration: ``calibration() -> [batch]``: ``calibration_examples`` seeded training
+            examples of the task as model inputs (no labels), for the rules that need
+            activations.
     """
 
     spec: RunSpec
@@ -58,6 +61,7 @@ class MaskContext:
     pretrained: Any
     dense: Any | None
     targets: Callable[[Any], Mapping[str, torch.nn.Module]]
+    calibration: Callable[[], list] = list
 
     def source(self) -> Any:
         """The model named by the run's ``mask_source`` option (pretrained or dense)."""
@@ -94,6 +98,18 @@ def _projection(ctx: MaskContext) -> dict[str, torch.Tensor]:
     return magnitude_nxm_masks(ctx.targets(ctx.model), ctx.spec.pattern)
 
 
+def _wanda(ctx: MaskContext) -> dict[str, torch.Tensor]:
+    from ..wanda import wanda_model
+
+    return wanda_model(ctx.model, ctx.targets(ctx.model), ctx.calibration(), ctx.spec.pattern)
+
+
+def _sparsegpt(ctx: MaskContext) -> dict[str, torch.Tensor]:
+    from ..sparsegpt import sparsegpt_model
+
+    return sparsegpt_model(ctx.model, ctx.targets(ctx.model), ctx.calibration(), ctx.spec.pattern)
+
+
 def _mask_source_is_dense(spec: RunSpec) -> bool:
     return spec.cfg.mask_source == "dense"
 
@@ -102,6 +118,9 @@ MAGNITUDE = MaskRule("magnitude of the mask source", _magnitude, uses_dense=_mas
 UNSTRUCTURED = MaskRule("unstructured magnitude of the mask source", _unstructured, structured=False,
                         uses_dense=_mask_source_is_dense)
 PROJECTION = MaskRule("projection of the current weights", _projection)
+WANDA = MaskRule("Wanda: |W| x input-feature norm over calibration data, layer by layer", _wanda)
+SPARSEGPT = MaskRule("SparseGPT: OBS mask selection and weight update from the calibration Hessian, layer by layer",
+                     _sparsegpt)
 
 
 @dataclass(frozen=True)
@@ -180,7 +199,7 @@ class Method:
     @property
     def records_dynamics(self) -> bool:
         """A phase of the method has hooks that record training dynamics."""
-        return any(s.hooks is not None for s in self.phases)
+        return any(getattr(s.hooks, "records_dynamics", False) for s in self.phases)
 
     def uses_dense_weights(self, spec: RunSpec) -> bool:
         """The run starts from the dense fine-tuned model or takes its mask from it (not KD)."""
@@ -241,6 +260,16 @@ register(Method("admm", "NxMTransformer: ADMM fine-tuning towards n:m, hard prun
                 options=("rho", "rho_factor", "rho_max", "admm_interval", "admm_init", "retrain_epochs"),
                 optional=("u_init", "penalty_before_clip", "train_only_targets", "admm_steps", "decoupled_penalty",
                           "admm_updates_per_epoch")))
+register(Method("sr-ste", "SR-STE (Zhou et al., 2021): training with n:m masked forward, straight-through gradients "
+                          "and the sparse-refined term, then masked fine-tuning",
+                (Train("srste", hooks=SRSTEHooks), Prune(PROJECTION), Train("retrain", "retrain_epochs")),
+                options=("srste_lambda", "retrain_epochs")))
+register(Method("wanda", "Wanda (Sun et al., 2023): one-shot |W| x activation-norm n:m mask of the dense model, "
+                         "then masked fine-tuning", (Prune(WANDA), Train("finetune")), start=_dense_start,
+                options=("calibration_examples",)))
+register(Method("sparsegpt", "SparseGPT (Frantar & Alistarh, 2023): one-shot OBS n:m pruning with weight update "
+                             "of the dense model, then masked fine-tuning", (Prune(SPARSEGPT), Train("finetune")),
+                start=_dense_start, options=("calibration_examples",)))
 register(Method("unstructured", "reference: unstructured magnitude mask at the same density, then masked fine-tuning",
                 (Prune(UNSTRUCTURED), Train("finetune")), start=_dense_start, options=("mask_source",)))
 

@@ -81,6 +81,16 @@ class _Run:
     def targets(self, model):
         return select_targets(model, self.spec.components, pattern=self.spec.pattern)
 
+    def calibration(self, batch_size: int = 16) -> list[dict[str, torch.Tensor]]:
+        """``calibration_examples`` training examples (a sample seeded by the run's seed), as
+        padded model inputs without labels, in batches of ``batch_size``."""
+        n = min(self.spec.cfg.calibration_examples, len(self.train))
+        order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(self.spec.seed))
+        rows = self.train.select(sorted(order[:n].tolist()))
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in rows.column_names]
+        features = [{k: rows[i][k] for k in keys} for i in range(len(rows))]
+        return [self.collator(features[i:i + batch_size]) for i in range(0, len(features), batch_size)]
+
     @staticmethod
     def load_saved(folder: Path):
         return AutoModelForSequenceClassification.from_pretrained(folder)
@@ -220,7 +230,8 @@ class _Run:
         for step in spec.method.steps:
             if isinstance(step, Prune):
                 self.evaluate("before_prune", model)
-                masks = step.rule.choose(MaskContext(spec, model, self.pretrained, dense_model, self.targets))
+                masks = step.rule.choose(MaskContext(spec, model, self.pretrained, dense_model, self.targets,
+                                                     self.calibration))
                 fixed = apply_masks(model, masks)
                 self.evaluate("after_prune", model)
                 self.pruned_last = True
