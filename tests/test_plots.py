@@ -354,3 +354,23 @@ def test_cross_run_comparisons_on_synthetic_samples():
     single = _samples([("rte", "admm", 42, 1e-3, "final", {Q0: m(1, 1, 0, 0)})])
     assert maskplots.seed_distances(single).empty and maskplots.task_distances(single).empty
     assert maskplots.rho_mask_distances(single, "rte").empty
+
+
+def test_density_frame_and_figure_of_the_pattern_sweep():
+    import pandas as pd
+
+    from nxmlab.study.sweepplots import density_frame, plot_density
+
+    scores = pd.DataFrame({
+        "task": ["mrpc"] * 5, "label": ["magnitude", "magnitude", "magnitude", "admm", "dense"],
+        "pattern": ["4:2", "4:2", "8:2", "4:2", None], "seed": [42, 43, 42, 42, 42],
+        "score": [70.0, 72.0, 60.0, 69.0, 80.0]})
+    frame = density_frame(scores)
+    assert list(frame.columns) == ["task", "label", "pattern", "density", "mean", "std", "n"]
+    row = frame[(frame["label"] == "magnitude") & (frame["pattern"] == "4:2")].iloc[0]
+    assert (row["density"], row["mean"], row["n"]) == (0.5, 71.0, 2)
+    assert frame[frame["pattern"] == "8:2"]["density"].item() == 0.25
+    assert "dense" not in set(frame["label"])
+    fig = plot_density(frame, scores[scores["label"] == "dense"])
+    assert len(fig.axes) == 1
+    assert plot_density(density_frame(scores.iloc[0:0])) is not None  # empty: a note, no error

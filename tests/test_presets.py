@@ -18,7 +18,7 @@ from nxmlab.study.reproduce import NOTEBOOKS, notebook_dir, plan
 from nxmlab.study.store import atomic_write_json
 
 # (table runs, rho-sweep runs, all runs deduplicated)
-EXPECTED = {"smoke": (12, 3, 15), "quick": (6, 0, 42), "convergence": (3, 3, 13), "cpu": (90, 42, 126), "paper": (40, 6, 44)}
+EXPECTED = {"smoke": (12, 3, 15), "quick": (6, 0, 70), "convergence": (3, 3, 13), "cpu": (90, 42, 126), "paper": (40, 6, 44)}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -29,6 +29,9 @@ def test_every_preset_builds_valid_runs(name):
     tuning = {spec.folder().path for spec in preset_runs(preset, "tuning")}  # the dense grid: its own lr/epochs
     for spec in everything:
         if spec.folder().path in tuning:
+            continue
+        if spec.cfg.pattern != preset.pattern:  # the n:m sweep
+            assert spec.method.sparse and spec.cfg.pattern in preset.patterns
             continue
         cfg, args = spec.cfg, spec.args
         assert cfg.model == preset.model and cfg.pattern == preset.pattern
@@ -274,3 +277,18 @@ def test_tuning_study_is_the_dense_grid_and_choose_dense_picks_the_best_complete
     chosen = table[table["chosen"]]
     assert list(chosen["learning_rate"]) == [2e-5]  # 1e-4 scored higher, but with one seed only
     assert table.set_index("learning_rate").loc[2e-5, "mean"] == 61
+
+
+def test_pattern_sweep_shares_the_4x2_runs_and_keeps_the_budget():
+    quick = get_preset("quick")
+    sweep = preset_runs(quick, "patterns")
+    table = {spec.folder().path for spec in preset_runs(quick, "table")}
+    assert len(sweep) == 2 + 2 * 4 * 4  # a dense run per task, then 4 methods x 4 patterns
+    for spec in sweep:
+        if spec.method.sparse:
+            assert spec.method.budget_passes(spec) == 3.0
+            assert (spec.cfg.pattern == "4:2" and spec.label != "sr-ste" and spec.label != "unstructured") == (
+                spec.folder().path in table)
+    assert {s.cfg.pattern for s in sweep} == {"4:2", "4:1", "8:4", "8:2"}
+    with pytest.raises(ValueError, match="pattern_methods must be sparse"):
+        resolve_preset("quick", pattern_methods=["dense"])

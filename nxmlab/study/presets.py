@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: Run lists a preset expands into (see the module docstring).
-STUDIES: tuple[str, ...] = ("table", "rho", "dynamics", "convergence", "tuning")
+STUDIES: tuple[str, ...] = ("table", "rho", "dynamics", "convergence", "tuning", "patterns")
 
 #: The ADMM variants of the convergence study (issue #12): option overrides of one factor
 #: each against the preset's ADMM setting (``default``), plus the paper's setting.  Keys are
@@ -103,13 +103,17 @@ class Preset:
     dense_grid: tuple[tuple[float, float], ...] = ()
     tuning_tasks: tuple[str, ...] = ()
     tuning_seeds: tuple[int, ...] = ()
+    patterns: tuple[str, ...] = ()
+    pattern_methods: tuple[str, ...] = ()
+    pattern_tasks: tuple[str, ...] = ()
     notebooks: tuple[str, ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
         # accept lists (papermill parameters, CLI) and keep the dataclass hashable
         for name, kind in (("tasks", str), ("seeds", int), ("methods", str), ("rho_grid", float), ("rho_tasks", str),
-                           ("tuning_tasks", str), ("tuning_seeds", int), ("notebooks", str)):
+                           ("tuning_tasks", str), ("tuning_seeds", int), ("notebooks", str), ("patterns", str),
+                           ("pattern_methods", str), ("pattern_tasks", str)):
             object.__setattr__(self, name, _tuple(getattr(self, name), kind))
         options = dict(self.options)
         object.__setattr__(self, "options", tuple(sorted(options.items())))
@@ -149,8 +153,15 @@ class Preset:
                 raise ValueError(f"unknown convergence variant {variant!r}; choose from {', '.join(VARIANTS)}")
             for task in tasks:
                 get_task(task)
-        for task in self.tuning_tasks:
+        for task in (*self.tuning_tasks, *self.pattern_tasks):
             get_task(task)
+        for label in self.pattern_methods:
+            if not parse_label(label)[0].sparse:
+                raise ValueError(f"pattern_methods must be sparse methods, got {label!r}")
+        from ..nxm import NxM
+
+        for pattern in self.patterns:
+            NxM.parse(pattern)
         for lr, epochs in self.dense_grid:
             if not (math.isfinite(lr) and lr > 0 and math.isfinite(epochs) and epochs > 0):
                 raise ValueError(f"dense_grid entries are (learning rate > 0, epochs > 0), got {(lr, epochs)}")
@@ -195,6 +206,8 @@ PRESETS: dict[str, Preset] = {
             rho=1000.0, options=QUICK_ADMM, rho_grid=(), rho_tasks=(), save_steps=50, log_interval=10,
             dense_grid=[(lr, ep) for ep in (3.0, 6.0) for lr in (2e-5, 5e-5, 1e-4)],
             tuning_tasks=("mrpc", "stsb", "rte"), tuning_seeds=(42, 43),
+            patterns=("4:2", "4:1", "8:4", "8:2"), pattern_methods=("magnitude", "admm", "sr-ste", "unstructured"),
+            pattern_tasks=("mrpc", "stsb"),
             notebooks=("glue_table", "sparsity_dynamics", "mask_distance"),
             description="MiniLM-L6 (offline) on MRPC and STS-B, one seed, a matched budget of 3 passes over the "
                         "training set per sparse run (dense 2 epochs; magnitude: dense + 1 masked epoch; ADMM: 2 "
@@ -324,6 +337,9 @@ def study_keys(preset: str | Preset, study: str | Sequence[str] = "table"
     * ``convergence``: the same labels without KD, once per ``(variant, tasks)`` of the
       preset's ``convergence`` grid (:data:`VARIANTS`).
 
+    * ``patterns``: every label of ``pattern_methods`` at every n:m of ``patterns`` on
+      ``pattern_tasks`` (the preset's seeds; ``variant`` holds the pattern), after the
+      dense runs they need;
     * ``tuning``: ``dense`` at every ``(learning_rate, epochs)`` of ``dense_grid`` on
       ``tuning_tasks`` and ``tuning_seeds`` (``variant`` holds the grid point).
 
@@ -342,6 +358,14 @@ def study_keys(preset: str | Preset, study: str | Sequence[str] = "table"
             swept = [lb for lb in preset.labels if "rho" in parse_label(lb)[0].options and not parse_label(lb)[1]]
             wanted += [(task, label, seed, rho, None) for task in preset.rho_tasks for seed in preset.seeds
                        for label in swept for rho in sorted(preset.rho_grid)]
+            continue
+        if name == "patterns":
+            for task in preset.pattern_tasks:
+                for seed in preset.seeds:
+                    labels = _with_dense(preset, task, seed, list(preset.pattern_methods))
+                    wanted += [(task, label, seed, None, None if label == "dense" else (("pattern", pattern),))
+                               for pattern in preset.patterns for label in labels
+                               if label != "dense" or pattern == preset.patterns[0]]
             continue
         if name == "tuning":
             wanted += [(task, "dense", seed, None, (("learning_rate", lr), ("num_train_epochs", epochs)))

@@ -1,0 +1,64 @@
+"""The n:m sweep figure: score against density, one line per method, a marker per pattern."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..nxm import NxM
+from .plots import _empty, _subplots
+
+__all__ = ["density_frame", "plot_density"]
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def density_frame(scores: pd.DataFrame) -> pd.DataFrame:
+    """``task, label, pattern, density, mean, std, n``: seeds averaged per (task, label, pattern)."""
+    columns = ["task", "label", "pattern", "density", "mean", "std", "n"]
+    sparse = scores[scores["pattern"].notna()] if not scores.empty else scores
+    if sparse.empty:
+        return pd.DataFrame(columns=columns)
+    out = (sparse.groupby(["task", "label", "pattern"])["score"].agg(["mean", "std", "count"])
+           .rename(columns={"count": "n"}).reset_index())
+    out["density"] = [NxM.parse(p).density for p in out["pattern"]]
+    return out.sort_values(["task", "label", "density", "pattern"]).reset_index(drop=True)[columns]
+
+
+def plot_density(frame: pd.DataFrame, dense: pd.DataFrame | None = None):
+    """One panel per task: score (x100) against density (kept fraction), a line per method
+    (patterns of one density share a point per marker), error bars = std over seeds; the
+    dense score is a dotted line."""
+    import seaborn as sns
+
+    tasks = list(dict.fromkeys(frame["task"])) if not frame.empty else []
+    fig, axes = _subplots(ncols=max(1, len(tasks)), width=4.6, height=3.8)
+    axes = list(axes[0])
+    if not tasks:
+        _empty(axes[0], "no finished runs of the n:m sweep")
+        return fig
+    labels = list(dict.fromkeys(frame["label"]))
+    patterns = sorted(dict.fromkeys(frame["pattern"]), key=lambda p: (NxM.parse(p).n, -NxM.parse(p).m))
+    colors = dict(zip(labels, sns.color_palette("colorblind", len(labels)), strict=False))
+    markers = dict(zip(patterns, _MARKERS, strict=False))
+    for ax, task in zip(axes, tasks, strict=True):
+        part = frame[frame["task"] == task]
+        for label in labels:
+            line = part[part["label"] == label].sort_values("density")
+            if line.empty:
+                continue
+            ax.plot(line["density"], line["mean"], "-", color=colors[label], lw=1, label=label)
+            for row in line.itertuples(index=False):
+                ax.errorbar(row.density, row.mean, yerr=0 if pd.isna(row.std) else row.std, color=colors[label],
+                            marker=markers[row.pattern], markersize=6, capsize=2, ls="none")
+        if dense is not None and not dense.empty and task in set(dense["task"]):
+            ax.axhline(float(dense.loc[dense["task"] == task, "score"].mean()), color="0.3", ls=":", lw=1,
+                       label="dense")
+        ax.set_title(task)
+        ax.set_xlabel("density (kept fraction m/n)")
+        ax.set_ylabel("validation score (x100)")
+    handles = [axes[0].plot([], [], ls="none", marker=markers[p], color="0.3")[0] for p in patterns]
+    first = axes[0].legend(title="method", fontsize=7, title_fontsize=7, loc="lower right")
+    axes[0].add_artist(first)
+    axes[-1].legend(handles, [f"{p} (keep {NxM.parse(p).m} of {NxM.parse(p).n})" for p in patterns],
+                    title="pattern", fontsize=7, title_fontsize=7, loc="lower left")
+    return fig
