@@ -41,10 +41,12 @@ from torch import nn
 from .nxm import NxM, nxm_mask, nxm_mask_and_project
 from .targets import select_targets
 
-__all__ = ["ADMM", "ADMMDiagnostics", "U_INITS", "validate_rho", "loss_free_run"]
+__all__ = ["ADMM", "ADMMDiagnostics", "U_INITS", "DECOUPLED_SCOPES", "validate_rho", "loss_free_run"]
 
 #: How U starts: ``zero`` (nxmlab's default) or ``residual`` (``W - Proj(W)``, the authors' code).
 U_INITS = ("zero", "residual")
+#: Which positions the decoupled penalty pulls (:meth:`ADMM.decoupled_step`).
+DECOUPLED_SCOPES = ("all", "pruned")
 
 
 def validate_rho(rho: float, name: str = "rho") -> float:
@@ -189,7 +191,7 @@ class ADMM:
         torch._foreach_add_(grads, us, alpha=self.rho)
 
     @torch.no_grad()
-    def decoupled_step(self, eta: float) -> None:
+    def decoupled_step(self, eta: float, scope: str = "all") -> None:
         """``W -= eta * rho * (W - Z + U)`` for every target (beyond the paper).
 
         The decoupled penalty: called after each optimizer step instead of
@@ -197,8 +199,20 @@ class ADMM:
         normalisation, the way AdamW decouples weight decay.  ``eta`` is the learning
         rate of the step just taken.  The factor ``eta * rho`` is capped at 1 (W lands on
         ``Z - U``): beyond that the step would overshoot, and for ``eta * rho > 2`` diverge.
+
+        ``scope="pruned"`` pulls only the positions the current Z prunes (towards ``-U``)
+        and leaves the kept ones to the optimizer: with ``scope="all"`` a strong pull also
+        anchors every kept weight to its value at the last Z/U update, and the task barely
+        trains.  Both are beyond the paper.
         """
+        if scope not in DECOUPLED_SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(DECOUPLED_SCOPES)}, got {scope!r}")
         step = min(float(eta) * self.rho, 1.0)
+        if scope == "pruned":
+            for name, w in self.params.items():
+                delta = (w.detach() - self.Z[name] + self.U[name]).masked_fill_(self.masks[name], 0)
+                w.detach().sub_(delta, alpha=step)
+            return
         weights = [w.detach() for w in self.params.values()]
         torch._foreach_mul_(weights, 1.0 - step)
         torch._foreach_add_(weights, [self.Z[n] for n in self.params], alpha=step)
@@ -352,6 +366,7 @@ def loss_free_run(
     rho_max: float | None = None,
     u_init: str = "zero",
     decoupled: bool = False,
+    decoupled_scope: str = "all",
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 0.0,
@@ -362,7 +377,7 @@ def loss_free_run(
     Starts from copies of ``weights`` and runs one step per learning rate in ``lrs``:
     AdamW on the penalty gradient alone (clipped to ``max_grad_norm`` when given, as with
     the penalty before clipping), or with ``decoupled`` the decoupled step
-    ``W -= lr rho (W - Z + U)`` and no optimizer.  A Z/U update follows every
+    ``W -= lr rho (W - Z + U)`` (on ``decoupled_scope``) and no optimizer.  A Z/U update follows every
     ``interval`` steps.  Mask changes in this run come from the dynamics alone; a
     training run's extra changes come from the data.
 
@@ -386,7 +401,7 @@ def loss_free_run(
     records: list[dict[str, float]] = []
     for step, lr in enumerate(lrs, 1):
         if decoupled:
-            admm.decoupled_step(lr)
+            admm.decoupled_step(lr, decoupled_scope)
         else:
             for p in params:
                 p.grad = torch.zeros_like(p)

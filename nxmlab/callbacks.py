@@ -114,7 +114,8 @@ class ADMMCallback(TrainerCallback):
         W, Z and U do not change between ``on_step_begin`` and the optimizer step, so the
         gradient is the same;
       - ``decoupled``: ``on_optimizer_step`` applies ``W -= lr rho (W - Z + U)`` after the
-        optimizer step (beyond the paper), with no penalty gradient;
+        optimizer step (beyond the paper), with no penalty gradient; ``decoupled_scope``
+        ``"pruned"`` restricts it to the positions Z prunes;
 
     * ``on_step_end``: Z/U update every ``interval`` optimizer steps, and a
       non-mutating measurement every ``log_interval`` steps; both are passed to
@@ -136,6 +137,7 @@ class ADMMCallback(TrainerCallback):
         on_midpoint: Callable[[int], None] | None = None,
         penalty_before_clip: bool = False,
         decoupled: bool = False,
+        decoupled_scope: str = "all",
     ) -> None:
         if interval < 1 or log_interval < 1:
             raise ValueError(f"admm interval and log interval must be >= 1, got {interval} and {log_interval}")
@@ -149,6 +151,7 @@ class ADMMCallback(TrainerCallback):
         self.on_midpoint = on_midpoint
         self.penalty_before_clip = penalty_before_clip
         self.decoupled = decoupled
+        self.decoupled_scope = decoupled_scope
         self.lr_plan: tuple[float, float] | None = None
 
     def _emit(self, step: int, epoch: float | None, event: str, per_target: dict[str, dict[str, Any]]) -> None:
@@ -193,7 +196,7 @@ class ADMMCallback(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if self.decoupled:
-            self.admm.decoupled_step(optimizer.param_groups[0]["lr"])
+            self.admm.decoupled_step(optimizer.param_groups[0]["lr"], self.decoupled_scope)
 
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step

@@ -484,3 +484,24 @@ def test_backfilled_loss_free_control_equals_the_one_recorded_at_the_end_of_the_
     updates = load_updates("smoke", tmp_path)
     assert set(updates["source"]) == {"training", "loss-free"}
     assert {"rel_dist", "flips", "primal", "dual", "dist_final", "dist_start_magnitude"} <= set(updates.columns)
+
+
+def test_decoupled_step_on_pruned_positions_leaves_the_kept_ones_to_the_optimizer():
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 4, bias=False)
+    admm = ADMM(layer, {"fc": layer}, "4:2", rho=10.0, u_init="residual")
+    mask = admm.masks["fc"].clone()
+    with torch.no_grad():
+        layer.weight.add_(0.1)  # the optimizer moved every weight since the last update
+    before = layer.weight.detach().clone()
+    admm.decoupled_step(0.01, "pruned")  # lr * rho = 0.1
+    after = layer.weight.detach()
+    assert torch.equal(after[mask], before[mask])
+    expected = before - 0.1 * (before - admm.Z["fc"] + admm.U["fc"])
+    torch.testing.assert_close(after[~mask], expected[~mask])
+    with pytest.raises(ValueError, match="scope must be one of all, pruned"):
+        admm.decoupled_step(0.01, "kept")
+    with pytest.raises(ValueError, match="decoupled_scope applies only with decoupled_penalty"):
+        _spec(decoupled_scope="pruned")
+    assert _spec(decoupled_penalty=True, decoupled_scope="pruned").canonical()["decoupled_scope"] == "pruned"
+    assert "decoupled_scope" not in _spec(decoupled_penalty=True).canonical()

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
-from ..admm import U_INITS, validate_rho
+from ..admm import DECOUPLED_SCOPES, U_INITS, validate_rho
 from ..nxm import NxM
 from ..targets import COMPONENTS
 from .data import GlueTask, get_task
@@ -73,6 +73,9 @@ class RunConfig:
         "help": "sr-ste: weight of the sparse-refined term lambda_w (1 - mask) W added to the gradient (paper: 2e-4)."})
     calibration_examples: int = field(default=128, metadata={
         "help": "wanda, sparsegpt: training examples of the task used as calibration data (seeded sample)."})
+    decoupled_scope: str = field(default="all", metadata={
+        "help": "admm, with --decoupled_penalty: pull 'all' positions, or only those Z prunes ('pruned'; the kept "
+                "ones train freely)."})
     dense_epochs: float | None = field(default=None, metadata={"help": "Epochs of the dense teacher/start run (default: num_train_epochs)."})
     max_seq_length: int = field(default=128, metadata={"help": "Tokens per example (dynamic padding)."})
     kd_temperature: float = field(default=2.0, metadata={"help": "KD softmax temperature."})
@@ -179,6 +182,10 @@ class RunSpec:
         for name in ("penalty_before_clip", "train_only_targets", "decoupled_penalty"):
             if not isinstance(getattr(cfg, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
+        if cfg.decoupled_scope not in DECOUPLED_SCOPES:
+            raise ValueError(f"decoupled_scope must be one of {', '.join(DECOUPLED_SCOPES)}, got {cfg.decoupled_scope!r}")
+        if cfg.decoupled_scope != "all" and not cfg.decoupled_penalty:
+            raise ValueError("decoupled_scope applies only with decoupled_penalty")
         if cfg.penalty_before_clip and cfg.decoupled_penalty:
             raise ValueError("penalty_before_clip and decoupled_penalty exclude each other (no penalty gradient)")
         if cfg.penalty_before_clip and args.fp16:

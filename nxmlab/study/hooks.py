@@ -133,7 +133,8 @@ class ADMMHooks:
         self.folder.cache.mkdir(parents=True, exist_ok=True)
         return [ADMMCallback(self.admm, self.interval, self.spec.cfg.log_interval, record=self._record,
                              on_midpoint=self._midpoint, penalty_before_clip=self.spec.cfg.penalty_before_clip,
-                             decoupled=self.spec.cfg.decoupled_penalty)]
+                             decoupled=self.spec.cfg.decoupled_penalty,
+                             decoupled_scope=self.spec.cfg.decoupled_scope)]
 
     def resume(self, checkpoint: Path | None, step: int) -> None:
         """Restore the ADMM state of ``checkpoint`` and drop later dynamics, or start a fresh log."""
@@ -248,7 +249,7 @@ class ADMMHooks:
             scheduler.step()
         records = loss_free_run(self.start, self.spec.pattern, lrs, self.interval, rho=cfg.rho,
                                 rho_factor=cfg.rho_factor, rho_max=cfg.rho_max, u_init=cfg.u_init,
-                                decoupled=cfg.decoupled_penalty, betas=(args.adam_beta1, args.adam_beta2),
+                                decoupled=cfg.decoupled_penalty, decoupled_scope=cfg.decoupled_scope, betas=(args.adam_beta1, args.adam_beta2),
                                 eps=args.adam_epsilon, weight_decay=args.weight_decay,
                                 max_grad_norm=args.max_grad_norm if cfg.penalty_before_clip else None)
         return pd.DataFrame.from_records(records).astype({"rho_used": "float64"})

@@ -259,7 +259,7 @@ register(Method("admm", "NxMTransformer: ADMM fine-tuning towards n:m, hard prun
                 start=_admm_start,
                 options=("rho", "rho_factor", "rho_max", "admm_interval", "admm_init", "retrain_epochs"),
                 optional=("u_init", "penalty_before_clip", "train_only_targets", "admm_steps", "decoupled_penalty",
-                          "admm_updates_per_epoch")))
+                          "admm_updates_per_epoch", "decoupled_scope")))
 register(Method("sr-ste", "SR-STE (Zhou et al., 2021): training with n:m masked forward, straight-through gradients "
                           "and the sparse-refined term, then masked fine-tuning",
                 (Train("srste", hooks=SRSTEHooks), Prune(PROJECTION), Train("retrain", "retrain_epochs")),
