@@ -434,7 +434,8 @@ def test_updates_per_epoch_sets_the_interval_and_excludes_admm_interval():
         _updates_spec(admm_updates_per_epoch=0)
 
 
-def test_quick_schedule_drives_flips_to_zero_and_the_distance_below_1e_3():
+@pytest.mark.parametrize("scope", ["pruned", "all"])
+def test_quick_schedule_drives_flips_to_zero_and_the_distance_below_1e_3(scope):
     """The quick preset's ADMM setting (decoupled penalty, constant rho, AdamW with linear
     decay, several Z/U updates per epoch) on the least-squares toy: the loss keeps pushing,
     yet W lands on the n:m set and the mask stops changing (issue #12)."""
@@ -451,7 +452,7 @@ def test_quick_schedule_drives_flips_to_zero_and_the_distance_below_1e_3():
         opt.zero_grad()
         ls_loss(layer.weight, x, y).backward()
         opt.step()
-        admm.decoupled_step(opt.param_groups[0]["lr"])  # lr * rho = 0.5 at the peak
+        admm.decoupled_step(opt.param_groups[0]["lr"], scope)  # lr * rho = 0.5 at the peak
         sched.step()
         if step % interval == 0:
             history.append(admm.update()["fc"])
