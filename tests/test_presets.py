@@ -294,3 +294,16 @@ def test_pattern_sweep_shares_the_4x2_runs_and_keeps_the_budget():
     assert {s.cfg.pattern for s in sweep} == {"4:2", "4:1", "8:4", "8:2"}
     with pytest.raises(ValueError, match="pattern_methods must be sparse"):
         resolve_preset("quick", pattern_methods=["dense"])
+
+
+def test_reproduce_no_train_says_so_in_the_plan(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "--preset", "smoke", "--dry-run", "--no-train", "--results-dir", str(tmp_path / "r")]) == 0
+    assert "train=False: the notebooks only analyse finished runs; nothing is trained" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reproduce_runs_the_presets_own_notebooks(tmp_path, capsys):
+    assert main(["reproduce", "--preset", "convergence", "--dry-run", "--results-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "convergence:" in out and "rho_analysis:" in out and "glue_table:" not in out

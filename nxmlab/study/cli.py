@@ -92,7 +92,8 @@ def _reproduce(ns: argparse.Namespace) -> int:
     get_preset(ns.preset)  # unknown preset: one line, exit 2
     try:
         reproduce(ns.preset, ns.results_dir, ns.figures_dir, ns.glue_dir, ns.notebooks, ns.dry_run, ns.output_dir,
-                  progress_bar=not ns.quiet, log_output=not ns.quiet)
+                  progress_bar=not ns.quiet, log_output=not ns.quiet,
+                  parameters={"train": False} if ns.no_train else None)
     except RuntimeError as exc:  # a notebook failed: its executed copy says where
         print(f"nxmlab: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
@@ -136,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--output-dir", default="runs/notebooks", help="executed notebooks go to <this>/<preset>/")
     rep.add_argument("--dry-run", action="store_true", help="print the plan (runs per notebook) and exit")
     rep.add_argument("--quiet", action="store_true", help="no progress bar and no streamed notebook output")
+    rep.add_argument("--no-train", action="store_true",
+                     help="only analyse the finished runs (the notebooks' train=False): never train")
     rep.set_defaults(func=_reproduce)
     return parser
 
