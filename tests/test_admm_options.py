@@ -506,3 +506,17 @@ def test_decoupled_step_on_pruned_positions_leaves_the_kept_ones_to_the_optimize
         _spec(decoupled_scope="pruned")
     assert _spec(decoupled_penalty=True, decoupled_scope="pruned").canonical()["decoupled_scope"] == "pruned"
     assert "decoupled_scope" not in _spec(decoupled_penalty=True).canonical()
+
+
+def test_choose_default_compares_losses_on_the_shared_task_among_converged_variants():
+    import pandas as pd
+
+    from nxmlab.study.convergence import choose_default
+
+    conv = pd.DataFrame({
+        "variant": ["a", "a", "b", "c", "c"], "task": ["mrpc", "stsb", "mrpc", "mrpc", "stsb"],
+        "converged": [True, True, True, True, False], "train_loss": [0.60, 1.4, 0.58, 0.10, 0.2]})
+    chosen, table = choose_default(conv)
+    assert chosen == "b"  # c has the lowest loss but failed on stsb; b beats a on mrpc (stsb's loss is not compared)
+    assert table.set_index("variant").loc["a", "train_loss"] == 0.60
+    assert choose_default(conv[conv["variant"] == "c"])[0] is None

@@ -31,8 +31,9 @@ __all__ = ["convergence_runs", "load_convergence", "load_updates", "choose_defau
 DEFAULT_RULE = (
     "Among the variants that meet every convergence criterion (relative distance <= 0.05, flips <= 0.5 % at each "
     "of the last two Z/U updates, last Z mask within 0.5 % of the final mask, prune cost <= 1 validation point) "
-    "on every task they ran on, take the one with the lowest training loss at the end of the ADMM phase, averaged "
-    "over those tasks. Validation scores enter only through the prune-cost criterion."
+    "on every task they ran on, take the one with the lowest training loss at the end of the ADMM phase on the "
+    "task every variant ran on (MRPC in the convergence preset). Validation scores enter only through the "
+    "prune-cost criterion."
 )
 
 
@@ -150,20 +151,26 @@ def load_updates(preset: str | Preset, results_dir: str | os.PathLike[str] = "re
     return frame[first + [c for c in frame.columns if c not in first]]
 
 
-def choose_default(convergence: pd.DataFrame, variants: Sequence[str] | None = None) -> tuple[str | None, pd.DataFrame]:
+def choose_default(convergence: pd.DataFrame, task: str | None = None) -> tuple[str | None, pd.DataFrame]:
     """``(variant, table)``: the variant :data:`DEFAULT_RULE` picks, and per variant the
-    tasks it ran on, whether it converged on all of them, and its mean ADMM training loss.
+    tasks it ran on, whether it converged on all of them, and its ADMM training loss on
+    ``task`` (losses of different tasks are on different scales, so only one task's are
+    compared).
 
-    ``variant`` is ``None`` when no variant converged everywhere.
+    ``task`` defaults to the (alphabetically first) task every variant ran on.
+    ``variant`` is ``None`` when no variant that ran on ``task`` converged everywhere.
     """
-    frame = convergence if variants is None else convergence[convergence["variant"].isin(variants)]
+    if task is None and not convergence.empty:
+        common = set.intersection(*(set(g["task"]) for _, g in convergence.groupby("variant")))
+        task = min(common) if common else None
     rows = []
-    for variant, group in frame.groupby("variant", sort=False):
+    for variant, group in convergence.groupby("variant", sort=False):
+        on_task = group.loc[group["task"] == task, "train_loss"]
         rows.append({"variant": variant, "tasks": ", ".join(sorted(group["task"])),
                      "converged_everywhere": bool(group["converged"].fillna(False).astype(bool).all()),
-                     "train_loss": float(group["train_loss"].mean())})
+                     "train_loss": float(on_task.iloc[0]) if len(on_task) else float("nan")})
     table = pd.DataFrame(rows, columns=["variant", "tasks", "converged_everywhere", "train_loss"])
-    eligible = table[table["converged_everywhere"]].sort_values("train_loss")
+    eligible = table[table["converged_everywhere"] & table["train_loss"].notna()].sort_values("train_loss")
     return (None if eligible.empty else str(eligible.iloc[0]["variant"])), table
 
 
