@@ -13,6 +13,7 @@ import pytest
 
 from bench import BENCHMARKS
 from bench.study_cost import GLUE_TRAIN_SIZES, project_preset_seconds
+from nxmlab.study.presets import preset_runs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MACHINE_KEYS = {"cpu_count", "platform", "torch", "torch_threads", "date_utc", "cpu_model", "python"}
@@ -168,7 +169,7 @@ def test_project_preset_seconds_full_sizes():
     assert not any(r["task"] == "rte" for r in out["runs"])  # quick: MRPC and STS-B only
     grid = project_preset_seconds("convergence", {t: {k: 1.0 for k in ("dense", "admm", "fixed")}
                                                   for t in ("rte", "mrpc", "stsb")})
-    assert len(grid["runs"]) == 13 and any(r["task"] == "rte" for r in grid["runs"])
+    assert len(grid["runs"]) == len(preset_runs("convergence", ["table", "rho", "dynamics", "convergence"])) and any(r["task"] == "rte" for r in grid["runs"])
 
 
 def test_cli_rejects_unknown_benchmark():

@@ -18,7 +18,7 @@ from nxmlab.study.reproduce import NOTEBOOKS, notebook_dir, plan
 from nxmlab.study.store import atomic_write_json
 
 # (table runs, rho-sweep runs, all runs deduplicated)
-EXPECTED = {"smoke": (12, 3, 15), "quick": (6, 0, 70), "convergence": (3, 3, 16), "cpu": (90, 42, 126), "paper": (40, 6, 44)}
+EXPECTED = {"smoke": (12, 3, 15), "quick": (6, 0, 70), "convergence": (3, 3, 18), "cpu": (90, 42, 126), "paper": (40, 6, 44)}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -227,7 +227,7 @@ def test_budget_variants_and_options_of_the_quick_preset():
                and s.cfg.decoupled_scope == "pruned"
                and s.args.num_train_epochs == 2.0}
     assert default["mrpc"] == admm.folder().path  # the convergence study's default is quick's admm run
-    assert len(variants) == 3 + 3 + 3 + 5
+    assert len(variants) == 3 + 3 + 3 + 3 + 4
     paper = [s for s in variants.values() if not s.cfg.decoupled_penalty and s.cfg.rho_factor == 1.0]
     assert {s.task.name for s in paper} == {"mrpc", "stsb", "rte"}
     for spec in paper:  # the paper setting is the committed pre-#12 quick run (same identity)

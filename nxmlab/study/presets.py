@@ -222,7 +222,7 @@ PRESETS: dict[str, Preset] = {
             rho=1000.0, options=QUICK_ADMM, rho_grid=(300.0, 1000.0, 3000.0), rho_tasks=("mrpc",),
             save_steps=50, log_interval=10,
             convergence={"paper": ("mrpc", "stsb", "rte"), "default": ("mrpc", "stsb", "rte"),
-                         "pull-all": ("mrpc", "stsb", "rte"), "u-residual": ("mrpc",), "epoch-interval": ("mrpc",),
+                         "pull-all": ("mrpc", "stsb", "rte"), "u-residual": ("mrpc",), "epoch-interval": ("mrpc", "stsb", "rte"),
                          "coupled-rising": ("mrpc",), "rising": ("mrpc",), "short-phase": ("mrpc",)},
             notebooks=("convergence", "rho_analysis"),
             description="The ADMM convergence study of quick's setting (issue #12): the paper's setting and quick's "
