@@ -224,9 +224,9 @@ def test_decoupled_penalty_replaces_the_gradient_penalty(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="nxmlab.callbacks"):
         decoupled, callback = _train_toy(tmp_path, max_grad_norm=0.0, decoupled=True)
     assert _max_diff(coupled, decoupled) > 1e-4
-    lr_sum, mean_abs = callback.lr_plan
+    lr_sum, pull = callback.lr_plan
     assert lr_sum == pytest.approx(0.1 * (4 + 3 + 2 + 1) / 4)  # linear decay over 4 steps, no warm-up
-    assert mean_abs > 0 and "planned sum of the learning rate" in caplog.text
+    assert pull > 0 and "planned pull sum(lr*rho)" in caplog.text  # the decoupled penalty's budget
     with caplog.at_level(logging.WARNING, logger="nxmlab.callbacks"):
         caplog.clear()
         _train_toy(tmp_path, max_grad_norm=0.0, lr=1e-6, steps=2)
@@ -520,3 +520,13 @@ def test_choose_default_compares_losses_on_the_shared_task_among_converged_varia
     assert chosen == "b"  # c has the lowest loss but failed on stsb; b beats a on mrpc (stsb's loss is not compared)
     assert table.set_index("variant").loc["a", "train_loss"] == 0.60
     assert choose_default(conv[conv["variant"] == "c"])[0] is None
+
+
+def test_choose_default_without_logged_losses_picks_nothing():
+    import pandas as pd
+
+    from nxmlab.study.convergence import choose_default
+
+    conv = pd.DataFrame({"variant": ["a"], "task": ["rte"], "converged": [True], "train_loss": [None]})
+    chosen, table = choose_default(conv)
+    assert chosen is None and table["train_loss"].isna().all()

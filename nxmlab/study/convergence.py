@@ -165,7 +165,7 @@ def choose_default(convergence: pd.DataFrame, task: str | None = None) -> tuple[
         task = min(common) if common else None
     rows = []
     for variant, group in convergence.groupby("variant", sort=False):
-        on_task = group.loc[group["task"] == task, "train_loss"]
+        on_task = pd.to_numeric(group.loc[group["task"] == task, "train_loss"], errors="coerce")
         rows.append({"variant": variant, "tasks": ", ".join(sorted(group["task"])),
                      "converged_everywhere": bool(group["converged"].fillna(False).astype(bool).all()),
                      "train_loss": float(on_task.iloc[0]) if len(on_task) else float("nan")})
