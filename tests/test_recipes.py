@@ -6,6 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -45,6 +46,32 @@ def store(tmp_path_factory, glue_dir):
         cfg, args = make(results, glue_dir, method=method, kd=kd)
         runs[(method, kd)] = (run_experiment(cfg, args), run_dir_for(cfg, args))
     return results, runs
+
+
+def test_predictions_follow_the_glue_idx(tmp_path, glue_dir):
+    """The stored prediction of each GLUE idx is the saved model's own prediction for that
+    example, evaluated one by one (transformers 5 also length-groups evaluation batches).
+    STS-B: a float per example, so a wrong order cannot match by chance."""
+    from transformers import AutoModelForSequenceClassification
+
+    from nxmlab.study.data import get_task, load_glue, tokenize_glue
+    from nxmlab.study.models import load_tokenizer
+
+    cfg, args = make(tmp_path, glue_dir, task="stsb", method="dense", train_limit=8)
+    args.num_train_epochs, args.per_device_eval_batch_size = 1, 4
+    run_experiment(cfg, args)
+    run = run_dir_for(cfg, args)
+    raw = load_glue("stsb", "validation", str(glue_dir), limit=16)
+    data = tokenize_glue(raw, get_task("stsb"), load_tokenizer("tiny"), 128)
+    model = AutoModelForSequenceClassification.from_pretrained(run.model_dir).eval()
+    with torch.no_grad():
+        own = [float(model(**{k: torch.tensor([ex[k]]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+                           ).logits[0, 0]) for ex in data]
+    stored = run.read_frame(RunFolder.PREDICTIONS).set_index("idx")["prediction"].reindex(list(raw["idx"]))
+    own, stored = np.asarray(own), stored.to_numpy(dtype=np.float64)
+    assert np.abs(stored - own).max() < 1e-7
+    gaps = np.abs(own[:, None] - own[None, :])[~np.eye(16, dtype=bool)]
+    assert gaps.min() > 10 * np.abs(stored - own).max()  # distinct enough that a shuffled order fails
 
 
 def _model_weights(run: RunFolder) -> dict[str, torch.Tensor]:

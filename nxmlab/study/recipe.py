@@ -135,6 +135,9 @@ class _Run:
         args = copy.deepcopy(self.spec.args)
         args.output_dir = str(self.folder.checkpoint_dir("eval"))
         args.disable_tqdm = True
+        # transformers 5 groups *evaluation* batches by length too under group_by_length; keep
+        # the dataset's order so that predictions line up with the GLUE idx
+        args.train_sampling_strategy = "random"
         trainer = Trainer(model=model, args=args, data_collator=self.collator,
                           compute_metrics=compute_metrics_fn(self.spec.task))
         result, frames = {}, []

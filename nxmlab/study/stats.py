@@ -1,0 +1,236 @@
+"""Paired bootstrap confidence intervals from the runs' validation predictions (issue #14).
+
+Every finished run stores its validation predictions (``predictions.parquet``: GLUE
+``idx`` and ``prediction``).  A comparison ``a - b`` of two method labels on one task is
+paired twice over: by seed (the two runs share the seed) and by example (both predict
+the same validation examples).  One bootstrap replicate draws, independently for every
+seed, a resample of the validation examples (with replacement), scores both runs on it
+with the task's GLUE score, and averages ``score(a) - score(b)`` over the seeds
+("resampling validation examples within each seed and pooling the seeds").  The task
+average draws every task independently and averages the pooled task differences.
+Intervals are percentile intervals of ``n_boot`` replicates from a fixed seed.
+
+The metrics are computed exactly on multiplicity weights (a resample is a vector of
+counts), vectorised over the replicates: accuracy, binary F1 and MCC from weighted
+confusion counts; Pearson from weighted moments; Spearman as the weighted Pearson
+correlation of the resample's mid-ranks.  With unit weights they equal
+:func:`nxmlab.study.metrics.glue_metrics` (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import get_task, load_glue
+
+__all__ = ["Comparison", "COMPARISONS", "weighted_scores", "gold_labels", "load_predictions",
+           "paired_bootstrap", "verdict", "VERDICTS"]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``a - b``: two method labels compared run against run on the same seeds.
+
+    Attributes:
+        name: Shown in tables and the forest plot.
+        a: The label whose gain is measured.
+        b: The label it is compared with.
+        claim: The paper's claim the comparison tests, if any (README verdicts).
+    """
+
+    name: str
+    a: str
+    b: str
+    claim: str = ""
+
+
+#: The comparisons of the powered study (issue #14).
+COMPARISONS: tuple[Comparison, ...] = (
+    Comparison("admm - magnitude", "admm", "magnitude", "ADMM beats one-shot magnitude pruning (ASP)"),
+    Comparison("admm+kd - magnitude+kd", "admm+kd", "magnitude+kd", "ADMM beats ASP with KD on both"),
+    Comparison("KD gain: magnitude", "magnitude+kd", "magnitude", "KD adds to ASP"),
+    Comparison("KD gain: admm", "admm+kd", "admm", "KD is complementary to ADMM"),
+    Comparison("KD gain: sr-ste", "sr-ste+kd", "sr-ste", "KD adds to SR-STE"),
+    Comparison("sr-ste - admm", "sr-ste", "admm", ""),
+)
+
+#: How a confidence interval of ``a - b`` reads as an answer to "is a better than b?".
+VERDICTS = {
+    "supported": "the whole 95 % interval is above 0",
+    "contradicted": "the whole 95 % interval is below 0",
+    "unresolved": "the 95 % interval contains 0: unresolved with this power",
+}
+
+
+def verdict(ci_low: float, ci_high: float) -> str:
+    """``supported`` / ``contradicted`` / ``unresolved`` for an interval of ``a - b``."""
+    if not (np.isfinite(ci_low) and np.isfinite(ci_high)):
+        return "unresolved"
+    return "supported" if ci_low > 0 else "contradicted" if ci_high < 0 else "unresolved"
+
+
+# --------------------------------------------------------------------------- metrics
+def _wmean(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return (w * x).sum(axis=-1) / w.sum(axis=-1)
+
+
+def _wpearson(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted Pearson correlation per row of ``w`` (``x``, ``y``: ``[n]`` or ``[B, n]``); 0 when undefined."""
+    mx, my = _wmean(x, w)[..., None], _wmean(y, w)[..., None]
+    dx, dy = x - mx, y - my
+    cov, vx, vy = (w * dx * dy).sum(-1), (w * dx * dx).sum(-1), (w * dy * dy).sum(-1)
+    den = np.sqrt(vx * vy)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(den > 0, cov / np.where(den > 0, den, 1.0), 0.0)
+    return np.clip(r, -1.0, 1.0)
+
+
+def _midranks(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Mid-ranks of every original item within each resample (``w``: ``[B, n]`` counts).
+
+    An item of value v gets ``W(< v) + (W(= v) + 1) / 2``, the average rank its copies
+    (and any tied items) take in the resampled sample, as ``scipy.stats.rankdata``.
+    """
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    ws = w[:, order]
+    cum = np.cumsum(ws, axis=1)
+    # tie blocks of equal values: first/last position of each item's block
+    starts = np.searchsorted(xs, xs, side="left")
+    ends = np.searchsorted(xs, xs, side="right") - 1
+    before = np.where(starts > 0, cum[:, np.maximum(starts - 1, 0)], 0.0)
+    equal = cum[:, ends] - before
+    ranks_sorted = before + (equal + 1.0) / 2.0
+    ranks = np.empty_like(ranks_sorted)
+    ranks[:, order] = ranks_sorted
+    return ranks
+
+
+def weighted_scores(task: str, predictions: np.ndarray, gold: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The task's GLUE score for each row of ``weights`` (example multiplicities, ``[B, n]``).
+
+    ``predictions`` are class ids (float scores for STS-B) aligned with ``gold``.  Unit
+    weights give :func:`~nxmlab.study.metrics.glue_metrics`'s ``score``.
+    """
+    spec = get_task(task)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    p, y = np.asarray(predictions), np.asarray(gold)
+    if spec.is_regression:
+        p, y = p.astype(np.float64), y.astype(np.float64)
+        parts = {"pearson": _wpearson(p, y, w),
+                 "spearmanr": _wpearson(_midranks(p, w), _midranks(y, w), w)}
+    else:
+        p, y = p.astype(np.int64), y.astype(np.int64)
+        n = w.sum(axis=1)
+        parts = {"accuracy": (w * (p == y)).sum(axis=1) / n}
+        if "f1" in spec.score_keys or "mcc" in spec.score_keys:
+            tp = (w * ((p == 1) & (y == 1))).sum(axis=1)
+            fp = (w * ((p == 1) & (y != 1))).sum(axis=1)
+            fn = (w * ((p != 1) & (y == 1))).sum(axis=1)
+            tn = n - tp - fp - fn
+            with np.errstate(invalid="ignore", divide="ignore"):
+                den = 2 * tp + fp + fn
+                parts["f1"] = np.where(den > 0, 2 * tp / np.where(den > 0, den, 1.0), 0.0)
+                mden = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+                parts["mcc"] = np.where(mden > 0, (tp * tn - fp * fn) / np.where(mden > 0, mden, 1.0), 0.0)
+    return np.mean([parts[k] for k in spec.score_keys], axis=0)
+
+
+# --------------------------------------------------------------------------- data
+def gold_labels(task: str, glue_dir: str | None = None) -> pd.Series:
+    """Gold validation labels of ``task`` indexed by GLUE ``idx`` (the mirror, else the Hub)."""
+    spec = get_task(task)
+    split = spec.eval_splits[0]
+    raw = load_glue(spec.name, split, glue_dir)
+    return pd.Series(np.asarray(raw["label"]), index=pd.Index(np.asarray(raw["idx"]), name="idx"), name="label")
+
+
+def load_predictions(results_dir: str | Path, run: str) -> pd.Series:
+    """``prediction`` of the run folder ``run`` (relative to ``results_dir``) indexed by ``idx``
+    (the first validation split)."""
+    frame = pd.read_parquet(Path(results_dir) / run / "predictions.parquet")
+    if "split" in frame:
+        frame = frame[frame["split"] == frame["split"].iloc[0]]
+    return frame.set_index("idx")["prediction"].sort_index()
+
+
+# --------------------------------------------------------------------------- bootstrap
+def paired_bootstrap(scores: pd.DataFrame, results_dir: str | Path, glue_dir: str | None = None,
+                     comparisons: Sequence[Comparison] = COMPARISONS, n_boot: int = 2000, seed: int = 0,
+                     confidence: float = 0.95, average_tasks: Sequence[str] | None = None) -> pd.DataFrame:
+    """Paired bootstrap intervals of every comparison, per task and for the task average.
+
+    Args:
+        scores: A :func:`~nxmlab.study.frames.load_scores` frame (one row per run), already
+            restricted to the runs of the study (one run per task, label and seed).
+        results_dir: The results store the ``run`` column is relative to.
+        glue_dir: GLUE mirror for the gold labels.
+        comparisons: What to compare.
+        n_boot: Bootstrap replicates.
+        seed: Seed of the resampling (fixed: the intervals are reproducible).
+        confidence: Interval coverage.
+        average_tasks: The tasks of the average (default: every task with paired runs);
+            e.g. without a task at chance level, reported apart.
+
+    Returns:
+        ``comparison, a, b, task, tasks, seeds, n_seeds, diff, ci_low, ci_high, verdict``
+        (x100 score points), one row per comparison and task with paired runs, then one
+        ``task == "average"`` row per comparison over ``tasks`` (``n_seeds``: the fewest
+        seeds of its tasks).  ``diff`` is the observed difference averaged over seeds (and
+        tasks).  Replicates are drawn comparison by comparison, task by task, seed by seed
+        in frame order, so a fixed frame and ``seed`` give identical intervals.
+    """
+    columns = ["comparison", "a", "b", "task", "tasks", "seeds", "n_seeds", "diff", "ci_low", "ci_high", "verdict"]
+    if scores.empty:
+        return pd.DataFrame(columns=columns)
+    rng = np.random.default_rng(seed)
+    alpha = (1.0 - confidence) / 2.0
+    golds: dict[str, pd.Series] = {}
+    rows = []
+    for comp in comparisons:
+        per_task: dict[str, tuple[float, np.ndarray, int]] = {}
+        for task in dict.fromkeys(scores["task"]):
+            part = scores[scores["task"] == task]
+            a = part[part["label"] == comp.a].set_index("seed")["run"]
+            b = part[part["label"] == comp.b].set_index("seed")["run"]
+            if a.index.duplicated().any() or b.index.duplicated().any():
+                raise ValueError(f"{task}: several runs of one label and seed; restrict the frame to one study")
+            seeds = sorted(set(a.index) & set(b.index))
+            if not seeds:
+                continue
+            if task not in golds:
+                golds[task] = gold_labels(task, glue_dir)
+            gold = golds[task]
+            observed, reps = [], []
+            for s in seeds:
+                pa, pb = load_predictions(results_dir, a[s]), load_predictions(results_dir, b[s])
+                if not (pa.index.equals(gold.index) and pb.index.equals(gold.index)):
+                    pa, pb = pa.reindex(gold.index), pb.reindex(gold.index)
+                    if pa.isna().any() or pb.isna().any():
+                        raise ValueError(f"{task}: predictions of {a[s]} or {b[s]} do not cover the validation set")
+                n = len(gold)
+                counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+                ones = np.ones((1, n))
+                y = gold.to_numpy()
+                observed.append(float(weighted_scores(task, pa.to_numpy(), y, ones)[0]
+                                       - weighted_scores(task, pb.to_numpy(), y, ones)[0]))
+                reps.append(weighted_scores(task, pa.to_numpy(), y, counts)
+                            - weighted_scores(task, pb.to_numpy(), y, counts))
+            diff, boot = float(np.mean(observed)), np.mean(reps, axis=0)
+            per_task[task] = (diff, boot, len(seeds))
+            lo, hi = np.quantile(boot, [alpha, 1 - alpha])
+            rows.append([comp.name, comp.a, comp.b, task, task, ",".join(map(str, seeds)), len(seeds),
+                         100 * diff, 100 * lo, 100 * hi, verdict(lo, hi)])
+        averaged = {t: v for t, v in per_task.items() if average_tasks is None or t in set(average_tasks)}
+        if averaged:
+            diff = float(np.mean([d for d, _, _ in averaged.values()]))
+            boot = np.mean([r for _, r, _ in averaged.values()], axis=0)
+            lo, hi = np.quantile(boot, [alpha, 1 - alpha])
+            rows.append([comp.name, comp.a, comp.b, "average", ",".join(averaged), "",
+                         min(k for _, _, k in averaged.values()), 100 * diff, 100 * lo, 100 * hi, verdict(lo, hi)])
+    return pd.DataFrame(rows, columns=columns)

@@ -1,0 +1,125 @@
+"""The paired bootstrap of the powered study (issue #14): exact weighted metrics, verdicts,
+and intervals on real GLUE labels with synthetic predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nxmlab.study.metrics import glue_metrics
+from nxmlab.study.stats import COMPARISONS, Comparison, gold_labels, paired_bootstrap, verdict, weighted_scores
+
+
+def _preds(task, rng, n):
+    if task == "stsb":
+        return np.round(rng.uniform(0, 5, n), 1)  # rounded: ties, as Spearman's mid-ranks need
+    return rng.integers(0, 2, n)
+
+
+def _gold(task, rng, n):
+    return np.round(rng.uniform(0, 5, n), 1) if task == "stsb" else rng.integers(0, 2, n)
+
+
+@pytest.mark.parametrize("task", ["cola", "mrpc", "rte", "stsb"])
+def test_unit_and_count_weights_equal_the_metric_on_the_resample(task):
+    rng = np.random.default_rng(3)
+    n = 60
+    p, y = _preds(task, rng, n), _gold(task, rng, n)
+    assert weighted_scores(task, p, y, np.ones((1, n)))[0] == pytest.approx(glue_metrics(task, p, y)["score"], abs=1e-12)
+    counts = rng.multinomial(n, np.full(n, 1 / n), size=5)
+    got = weighted_scores(task, p, y, counts)
+    for row, w in zip(got, counts, strict=True):
+        idx = np.repeat(np.arange(n), w)
+        assert row == pytest.approx(glue_metrics(task, p[idx], y[idx])["score"], abs=1e-10)
+
+
+def test_undefined_metrics_are_zero_like_glue_metrics():
+    y = np.array([0, 1, 0, 1])
+    assert weighted_scores("cola", np.zeros(4, int), y, np.ones((1, 4)))[0] == glue_metrics("cola", np.zeros(4, int), y)["score"]
+    assert weighted_scores("stsb", np.ones(4), y * 1.0, np.ones((1, 4)))[0] == 0.0
+
+
+def test_verdict_reads_the_interval():
+    assert verdict(0.1, 2.0) == "supported"
+    assert verdict(-2.0, -0.1) == "contradicted"
+    assert verdict(-1.0, 1.0) == "unresolved"
+    assert verdict(float("nan"), 1.0) == "unresolved"
+
+
+def _store(tmp_path, glue_dir, task, runs):
+    """Run folders with predictions.parquet; ``runs``: {(label, seed): predictions aligned with gold}."""
+    gold = gold_labels(task, str(glue_dir))
+    rows = []
+    for (label, seed), pred in runs.items():
+        rel = f"{task}/{label}-seed{seed}"
+        (tmp_path / rel).mkdir(parents=True)
+        pd.DataFrame({"split": "validation", "idx": gold.index[::-1], "prediction": pred[::-1]}).to_parquet(
+            tmp_path / rel / "predictions.parquet")
+        rows.append({"run": rel, "task": task, "label": label, "seed": seed,
+                     "score": glue_metrics(task, pred, gold.to_numpy())["score"]})
+    return gold, pd.DataFrame(rows)
+
+
+def test_paired_bootstrap_on_real_labels(tmp_path, glue_dir):
+    gold = gold_labels("rte", str(glue_dir)).to_numpy()
+    rng = np.random.default_rng(0)
+    good = [np.where(rng.random(len(gold)) < 0.8, gold, 1 - gold) for _ in range(3)]  # ~80 % right
+    bad = [np.where(rng.random(len(gold)) < 0.5, gold, 1 - gold) for _ in range(3)]   # chance
+    runs = {("admm", s): good[i] for i, s in enumerate((42, 43, 44))}
+    runs |= {("magnitude", s): bad[i] for i, s in enumerate((42, 43, 44))}
+    runs |= {("sr-ste", 42): good[0]}
+    _, scores = _store(tmp_path, glue_dir, "rte", runs)
+    comps = [COMPARISONS[0], Comparison("magnitude - admm", "magnitude", "admm"), Comparison("same", "admm", "admm"),
+             Comparison("sr-ste - admm", "sr-ste", "admm")]
+    out = paired_bootstrap(scores, tmp_path, str(glue_dir), comps, n_boot=400, seed=1)
+    rows = out.set_index(["comparison", "task"])
+    first = rows.loc[("admm - magnitude", "rte")]
+    observed = 100 * np.mean([scores.loc[(scores.label == "admm") & (scores.seed == s), "score"].item()
+                              - scores.loc[(scores.label == "magnitude") & (scores.seed == s), "score"].item()
+                              for s in (42, 43, 44)])
+    assert first["diff"] == pytest.approx(observed) and first["n_seeds"] == 3 and first["seeds"] == "42,43,44"
+    assert first["ci_low"] < first["diff"] < first["ci_high"] and first["verdict"] == "supported"
+    assert rows.loc[("magnitude - admm", "rte"), "verdict"] == "contradicted"
+    same = rows.loc[("same", "rte")]
+    assert same["diff"] == same["ci_low"] == same["ci_high"] == 0 and same["verdict"] == "unresolved"
+    assert rows.loc[("sr-ste - admm", "rte"), "n_seeds"] == 1  # only the shared seed is paired
+    avg = rows.loc[("admm - magnitude", "average")]
+    assert avg["diff"] == pytest.approx(first["diff"]) and avg["tasks"] == "rte"
+    again = paired_bootstrap(scores, tmp_path, str(glue_dir), comps, n_boot=400, seed=1)
+    pd.testing.assert_frame_equal(out, again)  # a fixed seed: identical intervals
+    # the interval width follows the pooling: 3 seeds give a narrower interval than 1
+    one = paired_bootstrap(scores[scores.seed == 42], tmp_path, str(glue_dir), comps[:1], n_boot=400, seed=1)
+    assert (one.ci_high - one.ci_low).iloc[0] > first["ci_high"] - first["ci_low"]
+
+
+def test_paired_bootstrap_refuses_two_runs_of_one_cell(tmp_path, glue_dir):
+    gold = gold_labels("rte", str(glue_dir)).to_numpy()
+    _, scores = _store(tmp_path, glue_dir, "rte", {("admm", 42): gold, ("magnitude", 42): 1 - gold})
+    twice = pd.concat([scores, scores.iloc[:1]])
+    with pytest.raises(ValueError, match="several runs of one label and seed"):
+        paired_bootstrap(twice, tmp_path, str(glue_dir), COMPARISONS[:1], n_boot=10)
+    assert paired_bootstrap(scores.iloc[:0], tmp_path).empty
+
+
+def test_committed_scores_recompute_from_their_predictions(glue_dir):
+    """Every committed run's score equals its GLUE score recomputed from predictions.parquet."""
+    import json
+
+    from tests.conftest import REPO_ROOT
+
+    golds, checked = {}, 0
+    for metrics_path in sorted((REPO_ROOT / "results").glob("*/*/metrics.json")):
+        metrics = json.loads(metrics_path.read_text())
+        if metrics.get("status") != "finished":
+            continue
+        task = metrics["task"]
+        if task not in golds:
+            golds[task] = gold_labels(task, str(glue_dir))
+        pred = pd.read_parquet(metrics_path.parent / "predictions.parquet")
+        pred = pred[pred["split"] == "validation"].set_index("idx")["prediction"].reindex(golds[task].index)
+        assert not pred.isna().any(), metrics_path.parent
+        score = glue_metrics(task, pred.to_numpy(), golds[task].to_numpy())["score"]
+        assert score == pytest.approx(metrics["score"], abs=1e-6), metrics_path.parent
+        checked += 1
+    assert checked >= 20
