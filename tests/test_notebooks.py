@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 
 FIGURES = {
     "glue_table": ["glue_table"],
+    "nm_sweep": ["nm_sweep"],
     "convergence": ["convergence_rte", "convergence_scores", "convergence_mask_sources"],
     "rho_analysis": ["rho_score", "rho_prune_stages", "rho_primal"],
     "sparsity_dynamics": ["dynamics_rel_dist", "dynamics_layer_heatmap", "dynamics_flips", "weight_magnitudes"],
@@ -83,8 +84,10 @@ def test_notebook_runs_and_writes_its_figures(smoke, name):
         assert "| dense |" in (figures / "glue_table.md").read_text()
         assert (figures / "glue_table.csv").read_text().startswith("label,task,mean,std,n")
         assert "ADMM beats one-shot magnitude pruning" in text and "points" in text
-    else:  # only the rho sweep's two extra runs and the convergence variant are new after glue_table
-        assert text.count(": training ...") == {"rho_analysis": 2, "convergence": 1}.get(name, 0)
+    else:  # only the sweep's 8:2 runs, the rho sweep's two extra runs and the convergence variant are new
+        assert text.count(": training ...") == {"nm_sweep": 2, "rho_analysis": 2, "convergence": 1}.get(name, 0)
+    if name == "nm_sweep":  # 4:2 reused from the table, 8:2 trained; unstructured once per density
+        assert "magnitude" in text and "unstructured" in text and "8:2" in text
     if name == "convergence":
         assert "chosen:" in text
     if name == "rho_analysis":

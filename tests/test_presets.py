@@ -18,7 +18,7 @@ from nxmlab.study.reproduce import NOTEBOOKS, notebook_dir, plan
 from nxmlab.study.store import atomic_write_json
 
 # (table runs, rho-sweep runs, all runs deduplicated)
-EXPECTED = {"smoke": (12, 3, 15), "quick": (6, 0, 70), "convergence": (3, 3, 18), "cpu": (90, 42, 126), "paper": (40, 6, 44)}
+EXPECTED = {"smoke": (12, 3, 17), "quick": (6, 0, 42), "baselines": (21, 0, 41), "convergence": (3, 3, 18), "cpu": (90, 42, 126), "paper": (40, 6, 44)}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -86,7 +86,7 @@ def test_cpu_preset_shares_runs_with_plain_nxmlab_train():
 
 
 def test_unknown_preset_and_bad_overrides():
-    with pytest.raises(ValueError, match=r"unknown preset 'nope'; choose one of: smoke, quick, convergence, cpu, paper"):
+    with pytest.raises(ValueError, match=r"unknown preset 'nope'; choose one of: smoke, quick, baselines, convergence, cpu, paper"):
         get_preset("nope")
     with pytest.raises(ValueError, match="unknown preset field"):
         resolve_preset("smoke", colour="red")
@@ -120,7 +120,7 @@ def test_every_notebook_exists():
 def test_reproduce_unknown_preset_exits_2_with_one_line(capsys):
     assert main(["reproduce", "--preset", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["nxmlab: error: unknown preset 'nope'; choose one of: smoke, quick, convergence, cpu, paper"]
+    assert err == ["nxmlab: error: unknown preset 'nope'; choose one of: smoke, quick, baselines, convergence, cpu, paper"]
 
 
 def test_reproduce_unknown_preset_exit_status_of_the_command(tmp_path):
@@ -128,7 +128,7 @@ def test_reproduce_unknown_preset_exit_status_of_the_command(tmp_path):
                           text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "nxmlab: error: unknown preset 'nope'; choose one of: smoke, quick, convergence, cpu, paper"]
+        "nxmlab: error: unknown preset 'nope'; choose one of: smoke, quick, baselines, convergence, cpu, paper"]
 
 
 def test_reproduce_unknown_notebook_exits_2(capsys, tmp_path):
@@ -149,9 +149,10 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatc
                  "--figures-dir", str(figures)]) == 0
     out = capsys.readouterr().out
     assert "glue_table: 12 runs, 0 finished, 12 to train" in out
+    assert "nm_sweep: 5 runs, 0 finished, 2 to train, 3 trained by an earlier notebook" in out
     assert "rho_analysis: 3 runs, 0 finished, 2 to train, 1 trained by an earlier notebook" in out
     assert "convergence: 2 runs, 0 finished, 1 to train, 1 trained by an earlier notebook" in out
-    assert "total: 15 run(s) to train" in out
+    assert "total: 17 run(s) to train" in out
     assert list(tmp_path.iterdir()) == []  # no results, figures or runs/notebooks
 
 
@@ -282,18 +283,19 @@ def test_tuning_study_is_the_dense_grid_and_choose_dense_picks_the_best_complete
 
 
 def test_pattern_sweep_shares_the_4x2_runs_and_keeps_the_budget():
-    quick = get_preset("quick")
-    sweep = preset_runs(quick, "patterns")
-    table = {spec.folder().path for spec in preset_runs(quick, "table")}
-    assert len(sweep) == 2 + 2 * 4 * 4  # a dense run per task, then 4 methods x 4 patterns
+    baselines = get_preset("baselines")
+    sweep = preset_runs(baselines, "patterns")
+    table = {spec.folder().path for spec in preset_runs(baselines, "table")}
+    # a dense run per task, 3 n:m methods x 4 patterns, unstructured once per density (0.5 and 0.25)
+    assert len(sweep) == 2 * (1 + 3 * 4 + 2)
     for spec in sweep:
         if spec.method.sparse:
             assert spec.method.budget_passes(spec) == 3.0
-            assert (spec.cfg.pattern == "4:2" and spec.label != "sr-ste" and spec.label != "unstructured") == (
-                spec.folder().path in table)
+            assert (spec.cfg.pattern == "4:2") == (spec.folder().path in table)
     assert {s.cfg.pattern for s in sweep} == {"4:2", "4:1", "8:4", "8:2"}
+    assert {s.cfg.pattern for s in sweep if s.label == "unstructured"} == {"4:2", "4:1"}
     with pytest.raises(ValueError, match="pattern_methods must be sparse"):
-        resolve_preset("quick", pattern_methods=["dense"])
+        resolve_preset("baselines", pattern_methods=["dense"])
 
 
 def test_reproduce_no_train_says_so_in_the_plan(tmp_path, capsys, monkeypatch):

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..nxm import NxM
 from .data import get_task
 from .methods import parse_label
 
@@ -199,6 +200,7 @@ PRESETS: dict[str, Preset] = {
             rho_grid=(1e-4, 1e-3, 1e-2), rho_tasks=("rte",), train_limit=32, eval_limit=16,
             save_steps=1000, log_interval=1, logging_steps=1000,
             convergence={"default": ("rte",), "u-residual": ("rte",)},
+            patterns=("4:2", "8:2"), pattern_methods=("magnitude", "unstructured"), pattern_tasks=("rte",),
             description="Plumbing check: the random 2-layer 'tiny' BERT on 32 training / 16 validation "
                         "examples; seconds per notebook, scores are meaningless.",
         ),
@@ -209,13 +211,24 @@ PRESETS: dict[str, Preset] = {
             rho=1000.0, options=QUICK_ADMM, rho_grid=(), rho_tasks=(), save_steps=50, log_interval=10,
             dense_grid=[(lr, ep) for ep in (3.0, 6.0) for lr in (2e-5, 5e-5, 1e-4)],
             tuning_tasks=("mrpc", "stsb", "rte"), tuning_seeds=(42, 43),
-            patterns=("4:2", "4:1", "8:4", "8:2"), pattern_methods=("magnitude", "admm", "sr-ste", "unstructured"),
-            pattern_tasks=("mrpc", "stsb"),
             notebooks=("glue_table", "sparsity_dynamics", "mask_distance"),
             description="MiniLM-L6 (offline) on MRPC and STS-B, one seed, a matched budget of 3 passes over the "
                         "training set per sparse run (dense 2 epochs; magnitude: dense + 1 masked epoch; ADMM: 2 "
                         "epochs with the decoupled penalty on the pruned positions, rho 1000, one Z/U update per epoch, + 1 "
                         "retrain epoch).",
+        ),
+        Preset(
+            name="baselines", model="minilm-l6", tasks=("mrpc", "stsb", "rte"), seeds=(42,),
+            methods=("dense", "magnitude", "admm", "sr-ste", "wanda", "sparsegpt", "unstructured"),
+            epochs=2, retrain_epochs=1, learning_rate=5e-5, batch_size=32, budget=3,
+            rho=1000.0, options=QUICK_ADMM, rho_grid=(), rho_tasks=(), save_steps=50, log_interval=10,
+            patterns=("4:2", "4:1", "8:4", "8:2"), pattern_methods=("magnitude", "admm", "sr-ste", "unstructured"),
+            pattern_tasks=("mrpc", "stsb"),
+            notebooks=("glue_table", "nm_sweep"),
+            description="The baselines of issue #13 beside quick's ADMM, at quick's matched budget of 3 passes: "
+                        "SR-STE, Wanda, SparseGPT and unstructured magnitude on MRPC, STS-B and RTE (seed 42), and "
+                        "the n:m sweep (4:2, 4:1, 8:4, 8:2) of magnitude, ADMM, SR-STE and unstructured magnitude "
+                        "at the same density on MRPC and STS-B.",
         ),
         Preset(
             name="convergence", model="minilm-l6", tasks=("mrpc", "stsb", "rte"), seeds=(42,), methods=("admm",),
@@ -344,7 +357,8 @@ def study_keys(preset: str | Preset, study: str | Sequence[str] = "table"
 
     * ``patterns``: every label of ``pattern_methods`` at every n:m of ``patterns`` on
       ``pattern_tasks`` (the preset's seeds; ``variant`` holds the pattern), after the
-      dense runs they need;
+      dense runs they need; a method whose mask is not n:m (``unstructured``) runs once
+      per density, at the first pattern of that density;
     * ``tuning``: ``dense`` at every ``(learning_rate, epochs)`` of ``dense_grid`` on
       ``tuning_tasks`` and ``tuning_seeds`` (``variant`` holds the grid point).
 
@@ -368,9 +382,17 @@ def study_keys(preset: str | Preset, study: str | Sequence[str] = "table"
             for task in preset.pattern_tasks:
                 for seed in preset.seeds:
                     labels = _with_dense(preset, task, seed, list(preset.pattern_methods))
-                    wanted += [(task, label, seed, None, None if label == "dense" else (("pattern", pattern),))
-                               for pattern in preset.patterns for label in labels
-                               if label != "dense" or pattern == preset.patterns[0]]
+                    for label in labels:
+                        structured = label == "dense" or parse_label(label)[0].rule.structured
+                        densities = set()
+                        for pattern in preset.patterns:
+                            # dense runs once; an unstructured rule runs once per density
+                            key = pattern if structured else NxM.parse(pattern).density
+                            if (label == "dense" and densities) or key in densities:
+                                continue
+                            densities.add(key)
+                            wanted.append((task, label, seed, None,
+                                           None if label == "dense" else (("pattern", pattern),)))
             continue
         if name == "tuning":
             wanted += [(task, "dense", seed, None, (("learning_rate", lr), ("num_train_epochs", epochs)))
