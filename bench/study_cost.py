@@ -500,3 +500,60 @@ def summarize(payload: dict[str, Any]) -> str:
             for name, p in payload["projections"].items()]
     out.append(table(prow, ["preset", "model", "runs", "total h", "remaining h", "h at store speed"]))
     return "\n".join(out)
+
+
+# ============================================================== live projection (dry runs)
+def store_step_table(preset, results_dir: str | os.PathLike[str], cost: Mapping[str, Any] | None = None
+                     ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Seconds per optimizer step by task and step kind for ``preset``'s model, for a live projection.
+
+    Source per (task, kind): the median ``seconds_per_step`` of the finished runs in the
+    store (same model and batch size: today's training, length-grouped batches); else
+    ``make bench``'s measured step time (``cost``: study_cost.json) times the median
+    store/bench ratio over the (task, kind) pairs that have both; else nothing (the
+    projection lists it as missing).  Returns ``(table, source by task)``.
+    """
+    from nxmlab.study.presets import get_preset
+
+    preset = get_preset(preset)
+    measured: dict[tuple[str, str], list[float]] = {}
+    for r in store_records(results_dir):
+        if r["model"] != preset.model or not r["seconds_per_step"]:
+            continue
+        kinds = dict(_phases_kinds(r["label"]))
+        if r["phase"] in kinds:
+            measured.setdefault((r["task"], kinds[r["phase"]]), []).append(float(r["seconds_per_step"]))
+    table_: dict[str, dict[str, float]] = {}
+    for (task, kind), values in measured.items():
+        table_.setdefault(task, {})[kind] = statistics.median(values)
+    bench = ((cost or {}).get("seconds_per_step") or {}).get("small", {})
+    ratios = [table_[t][k] / bench[t][k] for t in table_ for k in table_[t] if bench.get(t, {}).get(k)]
+    calib = statistics.median(ratios) if ratios else None
+    source = {}
+    for task in preset.tasks:
+        have = table_.setdefault(task, {})
+        filled = []
+        for kind in KINDS:
+            if kind not in have and calib and bench.get(task, {}).get(kind):
+                have[kind] = bench[task][kind] * calib
+                filled.append(kind)
+        source[task] = ("store" if not filled else f"store, {', '.join(filled)} from make bench x {calib:.2f}"
+                        if len(filled) < len(KINDS) else f"make bench x {calib:.2f} (store/bench ratio)")
+    return table_, source
+
+
+def live_projection(preset, results_dir: str | os.PathLike[str], studies: Iterable[str],
+                    cost: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`project_preset_seconds` of ``studies`` on :func:`store_step_table`'s step times,
+    counting the runs already finished in ``results_dir`` as done."""
+    from nxmlab.study.presets import preset_runs
+
+    table_, source = store_step_table(preset, results_dir, cost)
+    out = project_preset_seconds(preset, table_, studies=studies)
+    specs = preset_runs(preset, list(studies), str(results_dir))  # the same runs, in the same order
+    out["remaining_seconds"] = 0.0
+    for run, spec in zip(out["runs"], specs, strict=True):  # (task, label, seed, rho) misses the n:m pattern
+        run["finished"] = spec.folder().finished
+        out["remaining_seconds"] += 0.0 if run["finished"] else run["seconds"]
+    out["source"] = source
+    return out

@@ -138,7 +138,7 @@ def test_project_preset_seconds_by_hand():
     smoke = get_preset("smoke")  # rte + stsb, 1 epoch + 1 retrain, batch 8, train_limit 32, eval_limit 16
     sps = {t: {"dense": 1.0, "admm": 2.0, "fixed": 3.0, "kd_extra": 10.0} for t in ("rte", "stsb")}
     out = project_preset_seconds(smoke, sps, update_seconds=0.5)
-    assert len(out["runs"]) == len(preset_runs(smoke, "all")) == 15
+    assert len(out["runs"]) == len(preset_runs(smoke, ["table", "rho", "dynamics", "convergence"])) == 15
     runs = {(r["task"], r["label"], r["rho"]): r for r in out["runs"]}
     evals_sparse = 3 * 16 * 1.0 / 8 / 3  # 3 passes x 16 examples at a third of a dense step per 8
     assert runs[("rte", "dense", None)]["seconds"] == pytest.approx(4 * 1.0 + 16 / 8 / 3)
@@ -176,3 +176,22 @@ def test_cli_rejects_unknown_benchmark():
     proc = subprocess.run([sys.executable, "-m", "bench", "--only", "nope"], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode != 0 and "unknown benchmark" in proc.stderr
+
+
+def test_live_projection_costs_the_preset_from_the_committed_store():
+    """`nxmlab reproduce --dry-run`'s hours: the store's own step times; every run of the n:m
+    sweep is costed, and finished runs (by folder, pattern included) cost nothing."""
+    from bench.study_cost import live_projection
+    from nxmlab.study.presets import preset_runs
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    proj = live_projection("baselines", results, ["table", "patterns"])
+    specs = preset_runs("baselines", ["table", "patterns"], str(results))
+    assert len(proj["runs"]) == len(specs) == 41 and not proj["missing"]
+    assert set(proj["source"].values()) == {"store"}
+    unfinished = sum(r["seconds"] for r, s in zip(proj["runs"], specs, strict=True) if not s.folder().finished)
+    assert proj["remaining_seconds"] == pytest.approx(unfinished) and proj["total_seconds"] > 0
+    cost = json.loads((results.parent / "bench" / "results" / "study_cost.json").read_text())
+    cpu = live_projection("cpu", results, ["table"], cost)
+    assert len(cpu["runs"]) == 96 and not cpu["missing"]  # CoLA from make bench x the store/bench ratio
+    assert 2 * 3600 < cpu["total_seconds"] < 20 * 3600

@@ -17,7 +17,7 @@ from nxmlab.study.reproduce import NOTEBOOKS, execute_notebook, notebook_dir, re
 pytestmark = pytest.mark.slow
 
 FIGURES = {
-    "glue_table": ["glue_table"],
+    "glue_table": ["glue_table", "paired_differences"],
     "nm_sweep": ["nm_sweep"],
     "convergence": ["convergence_rte", "convergence_scores", "convergence_mask_sources"],
     "rho_analysis": ["rho_score", "rho_prune_stages", "rho_primal"],
@@ -84,6 +84,8 @@ def test_notebook_runs_and_writes_its_figures(smoke, name):
         assert "| dense |" in (figures / "glue_table.md").read_text()
         assert (figures / "glue_table.csv").read_text().startswith("label,task,mean,std,n")
         assert "ADMM beats one-shot magnitude pruning" in text and "points" in text
+        assert "admm - magnitude (average of rte,stsb)" in text and "95 % CI" in text
+        assert (figures / "paired_differences.csv").read_text().startswith("comparison,a,b,task,tasks,seeds")
     else:  # only the sweep's 8:2 runs, the rho sweep's two extra runs and the convergence variant are new
         assert text.count(": training ...") == {"nm_sweep": 2, "rho_analysis": 2, "convergence": 1}.get(name, 0)
     if name == "nm_sweep":  # 4:2 reused from the table, 8:2 trained; unstructured once per density

@@ -18,7 +18,7 @@ from nxmlab.study.reproduce import NOTEBOOKS, notebook_dir, plan
 from nxmlab.study.store import atomic_write_json
 
 # (table runs, rho-sweep runs, all runs deduplicated)
-EXPECTED = {"smoke": (12, 3, 17), "quick": (6, 0, 42), "baselines": (21, 0, 41), "convergence": (3, 3, 18), "cpu": (90, 42, 126), "paper": (40, 6, 44)}
+EXPECTED = {"smoke": (12, 3, 17), "quick": (6, 0, 6), "baselines": (21, 0, 41), "convergence": (3, 3, 18), "cpu": (96, 0, 144), "paper": (40, 6, 44)}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -77,12 +77,30 @@ def test_dense_is_added_when_a_method_needs_it():
     assert [spec.label for spec in dynamics] == ["dense", "admm", "admm+kd"] * len(get_preset("quick").tasks)
 
 
-def test_cpu_preset_shares_runs_with_plain_nxmlab_train():
-    """`nxmlab train --task rte --method M --model minilm-l6` (3 epochs, 2 retrain) = the cpu preset's runs."""
-    cpu = {spec.folder().path for spec in preset_runs("cpu", "table")}
-    for method in ("dense", "magnitude", "admm"):
-        cfg = RunConfig(task="rte", method=method, model="minilm-l6", retrain_epochs=2.0)
-        assert RunSpec.parse(cfg, NxMTrainingArguments(num_train_epochs=3.0)).folder().path in cpu, method
+def test_cpu_preset_seeds_one_seed_labels_and_task_options():
+    """Three seeds for the paired comparisons, one for the one-shot references; seed 42 of the
+    tasks baselines shares is the baselines run (same budget and ADMM setting)."""
+    cpu = get_preset("cpu")
+    table = preset_runs(cpu, "table")
+    seeds = {}
+    for spec in table:
+        seeds.setdefault((spec.task.name, spec.label), set()).add(spec.seed)
+    for (task, label), got in seeds.items():
+        assert got == ({42} if label in cpu.one_seed else {42, 43, 44}), (task, label)
+    assert {task for task, _ in seeds} == {"cola", "mrpc", "stsb", "rte"}
+    assert {label for _, label in seeds} == set(cpu.methods)
+    baselines = {spec.folder().path for spec in preset_runs("baselines", "table")}
+    shared = {spec.folder().path for spec in table if spec.seed == 42 and spec.task.name != "cola"
+              and "+kd" not in spec.label}
+    assert shared == baselines
+    tuned = cpu.replace(task_options={"rte": {"learning_rate": 2e-5}})
+    runs = {(s.task.name, s.label, s.seed): s for s in preset_runs(tuned, "table")}
+    assert runs[("rte", "admm", 43)].args.learning_rate == 2e-5 and runs[("mrpc", "admm", 43)].args.learning_rate == 5e-5
+    assert runs[("rte", "dense", 42)].args.learning_rate == 2e-5  # the dense run of the task too
+    with pytest.raises(ValueError, match="one_seed names 'admm\\+kd'"):
+        resolve_preset("quick", one_seed=["admm+kd"])
+    with pytest.raises(ValueError, match="unknown option"):
+        resolve_preset("cpu", task_options={"rte": {"colour": 1}})
 
 
 def test_unknown_preset_and_bad_overrides():
@@ -268,11 +286,11 @@ def test_tuning_study_is_the_dense_grid_and_choose_dense_picks_the_best_complete
 
     from nxmlab.study.tuning import choose_dense, load_tuning
 
-    quick = get_preset("quick")
+    quick = get_preset("cpu")
     runs = preset_runs(quick, "tuning", str(tmp_path))
-    assert len(runs) == len(quick.dense_grid) * len(quick.tuning_tasks) * len(quick.tuning_seeds) == 36
+    assert len(runs) == len(quick.dense_grid) * len(quick.tuning_tasks) * len(quick.tuning_seeds) == 48
     assert {(s.args.learning_rate, s.args.num_train_epochs) for s in runs} == set(quick.dense_grid)
-    assert {s.label for s in runs} == {"dense"} and len({s.folder().path for s in runs}) == 36
+    assert {s.label for s in runs} == {"dense"} and len({s.folder().path for s in runs}) == 48
     assert load_tuning(quick, tmp_path).empty  # nothing finished
     frame = pd.DataFrame({"task": ["rte"] * 5, "learning_rate": [2e-5, 2e-5, 5e-5, 5e-5, 1e-4],
                           "epochs": [3.0] * 5, "seed": [42, 43, 42, 43, 42], "score": [60, 62, 59, 59, 70]})

@@ -111,17 +111,23 @@ class Preset:
     pattern_methods: tuple[str, ...] = ()
     pattern_tasks: tuple[str, ...] = ()
     notebooks: tuple[str, ...] = ()
+    one_seed: tuple[str, ...] = ()
+    task_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    average_tasks: tuple[str, ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
         # accept lists (papermill parameters, CLI) and keep the dataclass hashable
         for name, kind in (("tasks", str), ("seeds", int), ("methods", str), ("rho_grid", float), ("rho_tasks", str),
                            ("tuning_tasks", str), ("tuning_seeds", int), ("notebooks", str), ("patterns", str),
-                           ("pattern_methods", str), ("pattern_tasks", str)):
+                           ("pattern_methods", str), ("pattern_tasks", str), ("one_seed", str),
+                           ("average_tasks", str)):
             object.__setattr__(self, name, _tuple(getattr(self, name), kind))
         options = dict(self.options)
         object.__setattr__(self, "options", tuple(sorted(options.items())))
         object.__setattr__(self, "dense_grid", tuple((float(lr), float(ep)) for lr, ep in self.dense_grid))
+        object.__setattr__(self, "task_options", tuple(sorted(
+            (task, tuple(sorted(dict(opts).items()))) for task, opts in dict(self.task_options).items())))
         convergence = dict(self.convergence)
         object.__setattr__(self, "convergence", tuple((v, _tuple(t, str)) for v, t in convergence.items()))
         self.validate()
@@ -149,7 +155,7 @@ class Preset:
                                             and self.budget > 0):
             raise ValueError(f"budget must be > 0 passes, got {self.budget!r}")
         known = _option_fields()
-        unknown = sorted(set(dict(self.options)) - known)
+        unknown = sorted((set(dict(self.options)) | {k for _, o in self.task_options for k, _ in o}) - known)
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join(unknown)} in preset {self.name!r}")
         for variant, tasks in self.convergence:
@@ -157,8 +163,11 @@ class Preset:
                 raise ValueError(f"unknown convergence variant {variant!r}; choose from {', '.join(VARIANTS)}")
             for task in tasks:
                 get_task(task)
-        for task in (*self.tuning_tasks, *self.pattern_tasks):
+        for task in (*self.tuning_tasks, *self.pattern_tasks, *dict(self.task_options), *self.average_tasks):
             get_task(task)
+        for label in self.one_seed:
+            if label not in self.methods:
+                raise ValueError(f"one_seed names {label!r}, which is not one of the preset's methods")
         for label in self.pattern_methods:
             if not parse_label(label)[0].sparse:
                 raise ValueError(f"pattern_methods must be sparse methods, got {label!r}")
@@ -209,8 +218,6 @@ PRESETS: dict[str, Preset] = {
             methods=("dense", "magnitude", "admm"),
             epochs=2, retrain_epochs=1, learning_rate=5e-5, batch_size=32, budget=3,
             rho=1000.0, options=QUICK_ADMM, rho_grid=(), rho_tasks=(), save_steps=50, log_interval=10,
-            dense_grid=[(lr, ep) for ep in (3.0, 6.0) for lr in (2e-5, 5e-5, 1e-4)],
-            tuning_tasks=("mrpc", "stsb", "rte"), tuning_seeds=(42, 43),
             notebooks=("glue_table", "sparsity_dynamics", "mask_distance"),
             description="MiniLM-L6 (offline) on MRPC and STS-B, one seed, a matched budget of 3 passes over the "
                         "training set per sparse run (dense 2 epochs; magnitude: dense + 1 masked epoch; ADMM: 2 "
@@ -245,13 +252,19 @@ PRESETS: dict[str, Preset] = {
                         "(its default runs are quick's ADMM runs).",
         ),
         Preset(
-            name="cpu", model="minilm-l6", tasks=("cola", "sst2", "mrpc", "stsb", "rte"), seeds=(42, 43, 44),
-            methods=("dense", "magnitude", "magnitude+kd", "admm", "admm+kd", "unstructured"),
-            epochs=3, retrain_epochs=2, learning_rate=5e-5, batch_size=32,
-            rho_grid=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1), rho_tasks=("rte", "mrpc"),
-            save_steps=50, log_interval=50,
-            description="MiniLM-L6 on five GLUE tasks, three seeds, every method, 3 epochs (+2 retrain for "
-                        "ADMM) and a seven-point rho grid; days on a CPU, hours on a GPU.",
+            name="cpu", model="minilm-l6", tasks=("cola", "mrpc", "stsb", "rte"), seeds=(42, 43, 44),
+            methods=("dense", "magnitude", "magnitude+kd", "admm", "admm+kd", "sr-ste", "sr-ste+kd", "wanda",
+                     "sparsegpt", "unstructured"),
+            one_seed=("wanda", "sparsegpt", "unstructured"),
+            epochs=2, retrain_epochs=1, learning_rate=5e-5, batch_size=32, budget=3,
+            rho=1000.0, options=QUICK_ADMM, rho_grid=(), rho_tasks=(), save_steps=50, log_interval=10,
+            dense_grid=[(lr, ep) for ep in (3.0, 6.0) for lr in (2e-5, 5e-5, 1e-4)],
+            tuning_tasks=("mrpc", "stsb", "rte", "cola"), tuning_seeds=(42, 43),
+            notebooks=("glue_table", "sparsity_dynamics", "mask_distance"),
+            description="The powered study (issue #14): MiniLM-L6 on CoLA, MRPC, STS-B and RTE, seeds 42-44, every "
+                        "method with and without KD at quick's matched budget of 3 passes and its ADMM setting; "
+                        "Wanda, SparseGPT and unstructured magnitude on seed 42 only; paired bootstrap intervals. "
+                        "Its dense grid (tuning study) tunes the dense baselines.",
         ),
         Preset(
             name="paper", model="bert-base", tasks=("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"),
@@ -291,7 +304,8 @@ def make_run(preset: Preset, task: str, label: str, seed: int, results_dir: str 
              variant: str | tuple[tuple[str, Any], ...] | None = None):
     """The parsed :class:`~nxmlab.study.config.RunSpec` of one run of ``preset``.
 
-    The preset's ``options`` apply first, then the ``variant``'s overrides (a name in
+    The preset's ``options`` apply first, then its ``task_options`` for ``task`` (e.g. a
+    tuned learning rate), then the ``variant``'s overrides (a name in
     :data:`VARIANTS`, or ``(field, value)`` pairs as the tuning study's grid points),
     (:data:`VARIANTS`), then ``rho``.  With a ``budget``, the method's last phase gets the
     epochs that make the run pay exactly ``budget`` passes over the training set
@@ -301,7 +315,7 @@ def make_run(preset: Preset, task: str, label: str, seed: int, results_dir: str 
 
     method, kd = parse_label(label)
     extra = VARIANTS[variant] if isinstance(variant, str) else dict(variant or ())
-    overrides = {**dict(preset.options), **extra}
+    overrides = {**dict(preset.options), **dict(dict(preset.task_options).get(task, ())), **extra}
     if rho is not None:
         overrides["rho"] = float(rho)
     cfg_fields = {f.name: f.default for f in dataclasses.fields(RunConfig)}
@@ -348,7 +362,7 @@ def study_keys(preset: str | Preset, study: str | Sequence[str] = "table"
                ) -> list[tuple[str, str, int, float | None, str | None]]:
     """``(task, label, seed, rho, variant)`` of every run one study (or several) needs, in training order.
 
-    * ``table``: every label of the preset;
+    * ``table``: every label of the preset (the labels of ``one_seed`` on the first seed only);
     * ``rho``: the labels whose method has a ``rho`` option, without KD, over ``rho_grid``
       on ``rho_tasks``;
     * ``dynamics``: the labels whose method records training dynamics (has phase hooks);
@@ -406,7 +420,7 @@ def study_keys(preset: str | Preset, study: str | Sequence[str] = "table"
             continue
         for task in preset.tasks:
             for seed in preset.seeds:
-                labels = list(preset.labels)
+                labels = [lb for lb in preset.labels if lb not in preset.one_seed or seed == preset.seeds[0]]
                 if name == "dynamics":
                     labels = [lb for lb in labels if parse_label(lb)[0].records_dynamics]
                 wanted += [(task, label, seed, None, None) for label in _with_dense(preset, task, seed, labels)]

@@ -122,6 +122,35 @@ def projected_cost(preset_name: str, cost_file: str | os.PathLike[str] = STUDY_C
     return lines
 
 
+def live_cost(preset: Preset, results_dir: str | os.PathLike[str], studies: Sequence[str],
+              cost_file: str | os.PathLike[str] = STUDY_COST_FILE) -> list[str]:
+    """Lines with the projected wall time of ``studies`` from the step times the results
+    store recorded (``bench.study_cost.live_projection``; source checkouts only, else empty)."""
+    root = str(Path(__file__).resolve().parents[2])
+    if not (Path(root) / "bench" / "study_cost.py").is_file():
+        return []
+    added = root not in sys.path
+    if added:
+        sys.path.insert(0, root)
+    try:
+        from bench.study_cost import live_projection
+    finally:
+        if added:
+            sys.path.remove(root)
+    cost = read_json(cost_file) if Path(cost_file).is_file() else None
+    proj = live_projection(preset, results_dir, studies, cost)
+    if not proj["runs"] or not proj["total_seconds"]:  # nothing recorded to project from
+        return []
+    hours = {k: v / 3600 for k, v in proj["by_task"].items()}
+    lines = [f"projected wall time on this machine's recorded step times (results store; length-grouped batches): "
+             f"{proj['total_seconds'] / 3600:.1f} h in all, {proj['remaining_seconds'] / 3600:.1f} h not yet finished",
+             "    by task: " + ", ".join(f"{t} {h:.1f} h" for t, h in hours.items()),
+             "    step times: " + "; ".join(f"{t}: {s}" for t, s in proj["source"].items())]
+    if proj["missing"]:
+        lines.append(f"    not costed (no step time): {len(proj['missing'])} phase(s), e.g. {proj['missing'][0]}")
+    return lines
+
+
 def format_plan(preset: Preset, steps: list[dict[str, Any]], results_dir: str | os.PathLike[str]) -> str:
     """Human-readable :func:`plan`, with the projected wall time where ``make bench`` measured it."""
     lines = [f"preset {preset.name}: {preset.description}", f"results: {results_dir}"]
@@ -132,7 +161,8 @@ def format_plan(preset: Preset, steps: list[dict[str, Any]], results_dir: str | 
         lines += [f"    to run: {p}" for p in step["pending"]]
     total = sum(s["new"] for s in steps)
     lines.append(f"total: {total} run(s) to train" if total else "total: nothing to train, every run is finished")
-    lines += projected_cost(preset.name)
+    studies = sorted({study for step in steps for study in NOTEBOOK_STUDIES[step["notebook"]]})
+    lines += live_cost(preset, results_dir, studies) or projected_cost(preset.name)
     return "\n".join(lines)
 
 

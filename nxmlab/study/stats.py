@@ -209,14 +209,12 @@ def paired_bootstrap(scores: pd.DataFrame, results_dir: str | Path, glue_dir: st
             observed, reps = [], []
             for s in seeds:
                 pa, pb = load_predictions(results_dir, a[s]), load_predictions(results_dir, b[s])
-                if not (pa.index.equals(gold.index) and pb.index.equals(gold.index)):
-                    pa, pb = pa.reindex(gold.index), pb.reindex(gold.index)
-                    if pa.isna().any() or pb.isna().any():
-                        raise ValueError(f"{task}: predictions of {a[s]} or {b[s]} do not cover the validation set")
-                n = len(gold)
+                if not pa.index.equals(pb.index) or not pa.index.isin(gold.index).all():
+                    raise ValueError(f"{task}: {a[s]} and {b[s]} did not predict the same validation examples")
+                y = gold.reindex(pa.index).to_numpy()  # every example, or the runs' eval_limit subset
+                n = len(y)
                 counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
                 ones = np.ones((1, n))
-                y = gold.to_numpy()
                 observed.append(float(weighted_scores(task, pa.to_numpy(), y, ones)[0]
                                        - weighted_scores(task, pb.to_numpy(), y, ones)[0]))
                 reps.append(weighted_scores(task, pa.to_numpy(), y, counts)

@@ -1,0 +1,70 @@
+"""The paired differences of the powered study: a forest plot and its table files.
+
+:func:`nxmlab.study.stats.paired_bootstrap` gives the frame; :func:`write_differences`
+writes it as ``paired_differences.csv`` (numeric) and ``.md`` (with the verdicts), and
+:func:`plot_forest` draws each comparison's per-task and average difference with its
+95 % interval.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .plots import _empty, _subplots
+from .stats import VERDICTS
+
+__all__ = ["plot_forest", "write_differences", "format_verdicts"]
+
+
+def plot_forest(diffs: pd.DataFrame):
+    """One row per (comparison, task): the observed difference (points, a - b) and its
+    paired-bootstrap 95 % interval; averages drawn as filled diamonds, tasks as open circles;
+    a dotted line at 0."""
+    rows = list(diffs.itertuples(index=False)) if not diffs.empty else []
+    fig, axes = _subplots(width=6.4, height=max(2.4, 0.28 * len(rows) + 1.0))
+    ax = axes[0, 0]
+    if not rows:
+        _empty(ax, "no paired runs to compare")
+        return fig
+    labels = []
+    for y, row in enumerate(reversed(rows)):
+        avg = row.task == "average"
+        ax.errorbar(row.diff, y, xerr=[[row.diff - row.ci_low], [row.ci_high - row.diff]], fmt="D" if avg else "o",
+                    color="black" if avg else "0.35", mfc="black" if avg else "white", ms=6 if avg else 5, capsize=2,
+                    lw=1.4 if avg else 1.0)
+        labels.append(f"{row.comparison} | {row.task}" + (f" ({row.tasks})" if avg else "") + f", {row.n_seeds} seed(s)")
+    ax.axvline(0.0, color="0.5", ls=":", lw=1)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlabel("difference a - b (score points x100), paired bootstrap 95 % CI")
+    ax.set_ylim(-0.7, len(labels) - 0.3)
+    return fig
+
+
+def format_verdicts(diffs: pd.DataFrame) -> str:
+    """One line per comparison's average: difference, interval and verdict."""
+    out = []
+    for row in diffs[diffs["task"] == "average"].itertuples(index=False):
+        out.append(f"{row.comparison} (average of {row.tasks}): {row.diff:+.2f} points, 95 % CI "
+                   f"[{row.ci_low:+.2f}, {row.ci_high:+.2f}] -> {row.verdict} ({VERDICTS[row.verdict]})")
+    return "\n".join(out) if out else "no paired runs to compare"
+
+
+def write_differences(diffs: pd.DataFrame, figures_dir: str | os.PathLike[str] = "figures") -> list[Path]:
+    """Write ``paired_differences.csv`` (the frame, 4 decimals) and ``paired_differences.md``."""
+    folder = Path(figures_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv, md = folder / "paired_differences.csv", folder / "paired_differences.md"
+    diffs.to_csv(csv, index=False, float_format="%.4f")
+    lines = ["# Paired differences (points x100, a - b)\n",
+             "Paired bootstrap: validation examples resampled within each seed, seeds pooled "
+             "(nxmlab.study.stats). Verdicts: " + "; ".join(f"{k}: {v}" for k, v in VERDICTS.items()) + ".\n",
+             "| comparison | task | seeds | diff | 95 % CI | verdict |", "|---|---|---|---|---|---|"]
+    for row in diffs.itertuples(index=False):
+        task = f"average ({row.tasks})" if row.task == "average" else row.task
+        lines.append(f"| {row.comparison} | {task} | {row.n_seeds} | {row.diff:+.2f} | "
+                     f"[{row.ci_low:+.2f}, {row.ci_high:+.2f}] | {row.verdict} |")
+    md.write_text("\n".join(lines) + "\n")
+    return [csv, md]
