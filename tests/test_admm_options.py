@@ -59,7 +59,15 @@ def test_default_admm_run_keeps_its_identity():
 def test_every_preset_run_keeps_its_folder_name():
     from nxmlab.study.presets import preset_runs
 
-    names = sorted(str(s.folder().rel) for p in ("cpu",) for s in preset_runs(p, "all", results_dir="results"))
+    from nxmlab.study.presets import Preset
+
+    # the cpu preset as it was then (issue #14 redefined it): every run must keep its folder name
+    old_cpu = Preset(name="cpu", model="minilm-l6", tasks=("cola", "sst2", "mrpc", "stsb", "rte"), seeds=(42, 43, 44),
+                     methods=("dense", "magnitude", "magnitude+kd", "admm", "admm+kd", "unstructured"),
+                     epochs=3, retrain_epochs=2, learning_rate=5e-5, batch_size=32,
+                     rho_grid=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1), rho_tasks=("rte", "mrpc"),
+                     save_steps=50, log_interval=50)
+    names = sorted(str(s.folder().rel) for s in preset_runs(old_cpu, "all", results_dir="results"))
     assert (len(names), hashlib.sha256("\n".join(names).encode()).hexdigest()) == FIRST_COMMIT_PRESET_RUNS
 
 

@@ -126,7 +126,7 @@ def test_reproduce_reuses_finished_runs(smoke):
     root, params, _ = smoke
     results = Path(params["results_dir"])
     stamps = {p: p.stat().st_mtime_ns for p in results.rglob("metrics.json")}
-    assert len(stamps) == 15  # 14 of the table and rho studies, 1 more variant of the convergence grid
+    assert len(stamps) == 17  # 14 of the table and rho studies, 2 of the n:m sweep, 1 convergence variant
     lines = []
     done = reproduce("smoke", results, root / "figures2", params["glue_dir"], notebooks="glue_table",
                      output_root=root / "nb", progress_bar=False, echo=lines.append)
