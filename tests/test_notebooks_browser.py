@@ -158,8 +158,9 @@ def test_glue_table_runs_all_cells_in_jupyterlab(lab):
             page.locator('li[data-command="docmanager:save"]').click()
             expect(page.locator(".jp-mod-dirty")).to_have_count(0, timeout=30_000)
             images = page.locator(".jp-OutputArea-output img")
-            assert images.count() >= 1
-            images.first.scroll_into_view_if_needed()
+            rendered = images.count()  # asserted below, after the error outputs
+            if rendered:
+                images.first.scroll_into_view_if_needed()
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=ARTIFACTS / "lab_glue_table.png")
         finally:
@@ -171,14 +172,13 @@ def test_glue_table_runs_all_cells_in_jupyterlab(lab):
     sessions = _get(f"{url}/api/sessions?token={token}")
     assert [s["kernel"]["name"] for s in sessions if s["path"] == "glue_table.ipynb"] == ["nxmlab"]
     nb = nbformat.read(path, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.execution_count is not None for c in code), "not every cell ran"
     outputs = _outputs(nb)
     errors = [o for o in outputs if o.output_type == "error"]
     assert not errors, "\n".join(f"{o.ename}: {o.evalue}" for o in errors)
+    assert all(c.execution_count is not None for c in nb.cells if c.cell_type == "code"), "not every cell ran"
     text = "\n".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "Traceback" not in text and "IProgress not found" not in text
     assert f"kernel: {sys.executable}" in text and f"results: {params['results_dir']}" in text
     assert "train=True" in text
-    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert rendered >= 1 and any("image/png" in o.get("data", {}) for o in outputs)
     assert (Path(params["figures_dir"]) / "glue_table.png").stat().st_size > 0
