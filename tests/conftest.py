@@ -33,3 +33,16 @@ def minilm_tokenizer():
     from nxmlab.study.models import load_tokenizer
 
     return load_tokenizer("minilm-l6")
+
+
+@pytest.fixture(scope="session")
+def smoke_store(tmp_path_factory: pytest.TempPathFactory, glue_dir: Path) -> tuple[Path, dict]:
+    """A temporary folder for the ``smoke`` preset and the notebook parameters that use it (``train=True``).
+
+    Shared by the notebook tests: the first notebook to run trains the smoke runs into
+    ``<root>/results``, the later ones (and the JupyterLab browser test) reuse them.
+    """
+    root = tmp_path_factory.mktemp("smoke")
+    params = {"preset": "smoke", "results_dir": str(root / "results"), "figures_dir": str(root / "figures"),
+              "glue_dir": str(glue_dir), "train": True}
+    return root, params

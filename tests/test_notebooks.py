@@ -1,7 +1,7 @@
 """The study notebooks run top to bottom under papermill on the `smoke` preset.
 
-One results folder is shared by the module, so the smoke runs are trained once (by the
-first notebook, glue_table) and reused by the others, as in `nxmlab reproduce`.
+One results folder (conftest's session-wide ``smoke_store``) is shared, so the smoke runs are
+trained once (by the first notebook, glue_table) and reused by the others, as in `nxmlab reproduce`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ FIGURES = {
 
 PARAMETERS = ["preset", "results_dir", "figures_dir", "glue_dir", "train", "tasks", "seeds", "methods", "model",
               "pattern", "epochs", "retrain_epochs", "rho_grid", "rho_tasks"]
-SETUP = ("P = notebook.setup(preset, tasks=tasks, seeds=seeds, methods=methods, model=model, pattern=pattern, "
-         "epochs=epochs, retrain_epochs=retrain_epochs, rho_grid=rho_grid, rho_tasks=rho_tasks)")
+SETUP = ("P, results_dir, figures_dir, train = notebook.setup(preset, results_dir, figures_dir, train, tasks=tasks, "
+         "seeds=seeds, methods=methods, model=model, pattern=pattern, epochs=epochs, retrain_epochs=retrain_epochs, "
+         "rho_grid=rho_grid, rho_tasks=rho_tasks)")
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -50,10 +51,8 @@ def test_source_notebooks_are_thin_and_cleared(name):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory, glue_dir):
-    root = tmp_path_factory.mktemp("smoke")
-    params = {"preset": "smoke", "results_dir": str(root / "results"), "figures_dir": str(root / "figures"),
-              "glue_dir": str(glue_dir)}
+def smoke(smoke_store):
+    root, params = smoke_store
     with venv_kernel() as kernel:
         yield root, params, kernel
 

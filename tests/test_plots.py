@@ -50,7 +50,7 @@ def store(tmp_path_factory, glue_dir):
 
     results = tmp_path_factory.mktemp("plots") / "results"
     preset = get_preset("smoke")
-    scores = run_study(preset, ["table", "rho", "dynamics"], results, str(glue_dir), log=None)
+    scores = run_study(preset, ["table", "rho", "dynamics"], results, str(glue_dir), train=True, log=None)
     shutil.rmtree(cache_root(results))
     table = run_study(preset, "table", results, str(glue_dir), train=False, log=None)
     sweep = run_study(preset, "rho", results, str(glue_dir), train=False, log=None)

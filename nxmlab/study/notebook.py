@@ -1,26 +1,79 @@
 """The study notebooks' shared setup, and the one place they train: :func:`run_study`.
 
-Every notebook's first code cell is ``P = notebook.setup(preset, **overrides)``; its
-later cells call :func:`run_study` and the frames and plots modules.  Training only
-happens through :func:`nxmlab.study.recipe.run_experiment`, which reuses finished runs,
-so re-executing a notebook only re-draws.
+Every notebook follows one convention, so that JupyterLab behaves as papermill does:
+
+* a ``parameters`` cell of plain values, among them ``results_dir = None``,
+  ``figures_dir = None`` and ``train = False``;
+* a setup cell, ``P, results_dir, figures_dir, train = notebook.setup(preset, results_dir,
+  figures_dir, train, **overrides)``, which resolves the paths (``None``: the repository's
+  ``results/`` and ``figures/``; a relative path: relative to the repository root, whatever
+  the kernel's working directory) and reads ``train`` strictly (:func:`as_train`);
+* later cells that call :func:`run_study` with ``train=train`` and the frames and plots modules.
+
+Training only happens through :func:`nxmlab.study.recipe.run_experiment`, which reuses
+finished runs, and only with ``train=True``: otherwise a missing run is reported with the
+plan to train it, and the tables and plots show the finished runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
 from .frames import load_scores
 from .presets import Preset, preset_runs, resolve_preset
 
-__all__ = ["setup", "describe_preset", "run_study"]
+__all__ = ["Setup", "setup", "describe_preset", "run_study", "repo_root", "resolve_dir", "as_train"]
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0", "none", ""})
+
+
+def repo_root() -> Path | None:
+    """The source checkout this nxmlab is imported from, or ``None`` for an installed package."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
+
+
+def resolve_dir(value: str | os.PathLike[str] | None, default: str) -> Path:
+    """An absolute folder for a notebook path parameter.
+
+    ``None`` is the repository's ``<default>/`` and a relative path is taken from the
+    repository root, so the kernel's working directory (``notebooks/`` in JupyterLab)
+    never matters.  Outside a source checkout both are taken from the working directory.
+    """
+    path = Path(default if value is None else value).expanduser()
+    if not path.is_absolute():
+        path = (repo_root() or Path.cwd()) / path
+    return Path(os.path.abspath(path))
+
+
+def as_train(value: Any) -> bool:
+    """The ``train`` parameter as a bool: ``True``/``False`` (or ``1``/``0``), ``None`` (False)
+    or a string such as ``"true"``/``"no"``; anything else is an error, never a truthy True."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"train must be True or False, not {value!r}")
+
+
+class Setup(NamedTuple):
+    """What :func:`setup` resolved; a notebook unpacks it into ``P, results_dir, figures_dir, train``."""
+
+    preset: Preset
+    results_dir: Path
+    figures_dir: Path
+    train: bool
 
 
 def describe_preset(preset: Preset) -> str:
@@ -44,16 +97,31 @@ def describe_preset(preset: Preset) -> str:
     )
 
 
-def setup(preset: str | Preset, **overrides: Any) -> Preset:
-    """Resolve the notebook's preset (``None`` overrides keep the preset's values), set the
-    plotting style, and print the kernel and what the preset trains."""
+def setup(preset: str | Preset, results_dir: str | os.PathLike[str] | None = None,
+          figures_dir: str | os.PathLike[str] | None = None, train: Any = False, **overrides: Any) -> Setup:
+    """Resolve a notebook's parameters and print what it will do.
+
+    Args:
+        preset: Preset name or :class:`~nxmlab.study.presets.Preset`.
+        results_dir: Results store (:func:`resolve_dir`; ``None``: the repository's ``results/``).
+        figures_dir: Figures and tables (``None``: the repository's ``figures/``).
+        train: Whether missing runs are trained (:func:`as_train`; default ``False``).
+        **overrides: Preset field overrides; ``None`` keeps the preset's value.
+
+    Returns:
+        ``Setup(preset, results_dir, figures_dir, train)``, with the plotting style set.
+    """
     from .plots import set_style
 
     resolved = resolve_preset(preset, **overrides)
+    out = Setup(resolved, resolve_dir(results_dir, "results"), resolve_dir(figures_dir, "figures"), as_train(train))
     set_style()
     print("kernel:", sys.executable)
     print(describe_preset(resolved))
-    return resolved
+    print(f"results: {out.results_dir}\nfigures: {out.figures_dir}")
+    print("train=True: missing runs are trained" if out.train
+          else "train=False: missing runs are listed with the plan to train them, never trained")
+    return out
 
 
 @contextlib.contextmanager
@@ -70,25 +138,29 @@ def _quiet_datasets():
             ds_logging.enable_progress_bar()
 
 
-def run_study(preset: Preset | str, study: str | Sequence[str], results_dir: str | Path = "results",
-              glue_dir: str | None = None, train: bool = True, log: Callable[[str], None] | None = print
+def run_study(preset: Preset | str, study: str | Sequence[str], results_dir: str | os.PathLike[str] | None = None,
+              glue_dir: str | None = None, train: Any = False, log: Callable[[str], None] | None = print
               ) -> pd.DataFrame:
-    """Train (or reuse) every run of a study and return its rows of the score frame.
+    """Reuse (and with ``train=True`` train) every run of a study and return its rows of the score frame.
 
     Args:
         preset: A :class:`~nxmlab.study.presets.Preset` or a preset name.
         study: ``"table"``, ``"rho"``, ``"dynamics"`` or a list of them (see :mod:`nxmlab.study.presets`).
-        results_dir: Results store root.
+        results_dir: Results store root (:func:`resolve_dir`; ``None``: the repository's ``results/``).
         glue_dir: GLUE mirror (``None``: ``$NXMLAB_GLUE_DIR``, else the Hub).
-        train: ``False`` only loads finished runs (missing ones are reported, not trained).
-        log: Progress printer (one line per run); ``None`` for silence.
+        train: Only ``True`` trains missing runs (:func:`as_train`); otherwise they are listed
+            with the plan to train them, and nothing is written to the store.
+        log: Progress printer (one line per run, then the plan); ``None`` for silence.
 
     Returns:
         :func:`~nxmlab.study.frames.load_scores` rows of the study's finished runs.
     """
     from .recipe import run_experiment
 
-    runs = preset_runs(resolve_preset(preset), study, str(results_dir), glue_dir)
+    train = as_train(train)
+    results_dir = resolve_dir(results_dir, "results")
+    preset = resolve_preset(preset)
+    runs = preset_runs(preset, study, str(results_dir), glue_dir)
     keys, missing = [], 0
     with _quiet_datasets():
         for i, spec in enumerate(runs, 1):
@@ -116,5 +188,20 @@ def run_study(preset: Preset | str, study: str | Sequence[str], results_dir: str
     out = scores[scores["run"].isin(set(keys))].reset_index(drop=True)
     out.attrs.update(scores.attrs)
     if missing and log:
-        log(f"{missing} of {len(runs)} runs are missing; tables and plots show the finished ones")
+        log(_plan(preset, len(runs), missing, results_dir))
     return out
+
+
+def _plan(preset: Preset, total: int, missing: int, results_dir: Path) -> str:
+    """What ``train=True`` would do: the missing runs, how to train them, and the projected cost."""
+    from .presets import get_preset
+    from .reproduce import projected_cost
+
+    lines = [f"plan: {missing} of {total} runs (marked 'not run yet' above) are not in {results_dir}; "
+             "nothing was trained (train=False).",
+             "To train them, set train = True in the parameters cell and run the notebook again "
+             f"(`nxmlab reproduce --preset {preset.name} --dry-run` prints the whole preset's plan)."]
+    if preset == get_preset(preset.name):
+        lines += projected_cost(preset.name)
+    lines.append("The tables and plots below show the finished runs.")
+    return "\n".join(lines)

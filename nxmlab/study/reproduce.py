@@ -240,7 +240,8 @@ def reproduce(preset: Preset | str, results_dir: str | os.PathLike[str] = "resul
         output_root: Executed copies go to ``<output_root>/<preset>/``.
         progress_bar: papermill's per-cell progress bar.
         log_output: Stream the notebooks' output to the ``papermill`` logger.
-        parameters: Extra notebook parameters (preset field overrides such as ``tasks``).
+        parameters: Extra notebook parameters (preset field overrides such as ``tasks``;
+            ``train`` defaults to ``True`` here, ``{"train": False}`` only analyses finished runs).
         echo: Printer of the plan and of one line per notebook.
 
     Returns:
@@ -261,7 +262,8 @@ def reproduce(preset: Preset | str, results_dir: str | os.PathLike[str] = "resul
         return []
     out_dir = Path(output_root) / base.name
     params = {"preset": base.name, "results_dir": str(results_dir), "figures_dir": str(figures_dir),
-              "glue_dir": glue_dir, **{k: list(v) if isinstance(v, tuple) else v for k, v in parameters.items()}}
+              "glue_dir": glue_dir, "train": True,  # the notebooks' own default is False
+              **{k: list(v) if isinstance(v, tuple) else v for k, v in parameters.items()}}
     done = []
     with venv_kernel() as kernel:
         for i, name in enumerate(names, 1):
