@@ -113,8 +113,11 @@ def _mb(size: int) -> str:
 
 
 def _export(ns: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
     from .exporting import export_run
 
+    hf_logging.disable_progress_bar()  # the loading/writing bars of every shard
     if ns.tolerance < 0:
         raise UsageError(f"--tolerance must be >= 0, got {ns.tolerance}")
     summary = export_run(ns.run, ns.out, compressed=ns.format == "compressed", dtype=ns.dtype, rebuild=ns.rebuild,
@@ -131,8 +134,11 @@ def _export(ns: argparse.Namespace) -> int:
 
 
 def _verify_export(ns: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
     from .exporting import verify_export
 
+    hf_logging.disable_progress_bar()
     if not Path(ns.folder).is_dir():
         raise UsageError(f"folder {ns.folder} does not exist")
     meta, problems = verify_export(ns.folder)

@@ -60,7 +60,8 @@ def run_arguments(config: dict[str, Any], results_dir: str | os.PathLike[str]) -
     if isinstance(values.get("components"), list):
         values["components"] = ",".join(values["components"])
     cfg = RunConfig(**{**values, "results_dir": str(results_dir), "overwrite": False})
-    args = NxMTrainingArguments(**{k: v for k, v in training.items() if k in TRAINING_KEYS}, disable_tqdm=True)
+    args = NxMTrainingArguments(**{k: v for k, v in training.items() if k in TRAINING_KEYS}, disable_tqdm=True,
+                                report_to="none")
     canonical = RunSpec.parse(cfg, args).canonical()
     if canonical != config:
         keys = sorted(k for k in set(canonical) | set(config) if canonical.get(k) != config.get(k))
@@ -168,6 +169,10 @@ def export_run(run_path: str | os.PathLike[str], out: str | os.PathLike[str], *,
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         sizes = save_sparse(model, targets, pattern, tmp, compressed=compressed, metadata=metadata, tokenizer=tokenizer)
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in (tmp, *tmp.iterdir()):  # mkdtemp and some writers make private files
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
