@@ -341,7 +341,9 @@ def run_experiment(cfg: RunConfig | RunSpec, args: NxMTrainingArguments | None =
     A finished identical run is reused (unless ``cfg.overwrite``); an unfinished one
     resumes.  Methods that need the dense model train or reuse it first.  Every input
     is checked (config, data, model, targets, teacher) before anything is written; a
-    failure then leaves the results folder as it was.
+    failure then leaves the results folder as it was.  Under ``torchrun`` every rank calls
+    it: Trainer trains with DDP, rank 0 alone reads and writes the store
+    (:mod:`nxmlab.study.distributed`), and every rank returns rank 0's record.
 
     Args:
         cfg: What to run (or an already parsed :class:`RunSpec`).
