@@ -211,7 +211,7 @@ class ADMMCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if checkpoint.is_dir():
+        if state.is_world_process_zero and checkpoint.is_dir():  # DDP: the state is replicated; rank 0 saves
             _save_torch_atomic(self.admm.state_dict(), checkpoint / ADMM_STATE_FILE)
 
 
@@ -261,15 +261,18 @@ class CheckpointMarker(TrainerCallback):
     """Marks a checkpoint complete once every callback has written into it.
 
     Add it *last*: a checkpoint cut short by a kill has no marker and is never
-    resumed from.
+    resumed from.  Under DDP every rank writes its RNG state into the checkpoint, so
+    the ranks meet at a barrier first and rank 0 writes the marker.
     """
 
     def __init__(self, phase: str = "train") -> None:
         self.phase = phase
 
     def on_save(self, args, state, control, **kwargs):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if checkpoint.is_dir():
+        if state.is_world_process_zero and checkpoint.is_dir():
             (checkpoint / COMPLETE_MARKER).write_text("ok\n")
 
 

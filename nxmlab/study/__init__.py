@@ -9,6 +9,8 @@ It uses the method layer (:mod:`nxmlab.nxm`, :mod:`nxmlab.admm`, :mod:`nxmlab.ma
 * :mod:`~nxmlab.study.store`: run folders and every results file name;
 * :mod:`~nxmlab.study.methods`: the method registry; :mod:`~nxmlab.study.hooks`: phase hooks;
 * :mod:`~nxmlab.study.config`: run configs, parsed once; :mod:`~nxmlab.study.recipe`: one run;
+  :mod:`~nxmlab.study.distributed`: multi-process runs (``torchrun``);
+  :mod:`~nxmlab.study.exporting`: a run as a Hugging Face folder (``nxmlab export``);
 * :mod:`~nxmlab.study.presets`: study presets;
 * :mod:`~nxmlab.study.frames`: tidy result frames; :mod:`~nxmlab.study.plots` and
   :mod:`~nxmlab.study.maskplots`: figures;

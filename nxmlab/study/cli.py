@@ -1,4 +1,4 @@
-"""The ``nxmlab`` command line: ``train``, ``table``, ``verify``, ``reproduce``.
+"""The ``nxmlab`` command line: ``train``, ``table``, ``verify``, ``reproduce``, ``export``, ``verify-export``.
 
 Bad input exits with status 2 and one line on stderr (a traceback only with ``--debug``);
 ``nxmlab <command> --help`` documents every option.
@@ -28,6 +28,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"nxmlab: error: {message} (see {self.prog} --help)\n")
 
 
+def _is_main() -> bool:
+    from .distributed import is_main
+
+    return is_main()
+
+
 def _train(ns: argparse.Namespace) -> int:
     from transformers import HfArgumentParser
 
@@ -47,6 +53,8 @@ def _train(ns: argparse.Namespace) -> int:
     else:
         cfg, args = parser.parse_args_into_dataclasses(args=argv)
     metrics = run_experiment(cfg, args)
+    if not _is_main():
+        return 0  # torchrun: rank 0 reports
     phases = ", ".join(f"{k} {v['seconds']:.0f}s" for k, v in metrics["phases"].items())
     label = metrics["method"] + ("+kd" if metrics["kd"] else "")
     print(f"{metrics['task']} {label}: score {100 * metrics['score']:.2f} ({phases})")
@@ -100,6 +108,47 @@ def _reproduce(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _export(ns: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from .exporting import export_run
+
+    hf_logging.disable_progress_bar()  # the loading/writing bars of every shard
+    if ns.tolerance < 0:
+        raise UsageError(f"--tolerance must be >= 0, got {ns.tolerance}")
+    summary = export_run(ns.run, ns.out, compressed=ns.format == "compressed", dtype=ns.dtype, rebuild=ns.rebuild,
+                         tolerance=ns.tolerance)
+    if summary["rebuild"]:
+        scores = summary["rebuild"]
+        print(f"rebuilt {summary['run']}: score {100 * scores['rebuilt']:.2f} (committed {100 * scores['committed']:.2f})")
+    ratio = summary["targets_stored"] / summary["targets_dense"]
+    print(f"exported {summary['run']} -> {summary['out']}: {summary['form']} form, {summary['dtype']}, "
+          f"{summary['targets']} targets {summary['pattern']}")
+    print(f"target weights: {_mb(summary['targets_dense'])} dense, {_mb(summary['targets_stored'])} stored "
+          f"({ratio:.3f}x); folder {_mb(summary['files'])}")
+    return 0
+
+
+def _verify_export(ns: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from .exporting import verify_export
+
+    hf_logging.disable_progress_bar()
+    if not Path(ns.folder).is_dir():
+        raise UsageError(f"folder {ns.folder} does not exist")
+    meta, problems = verify_export(ns.folder)
+    for problem in problems:
+        print(f"FAIL  {problem}")
+    status = "FAIL" if problems else "ok"
+    print(f"{status}: {len(meta['targets'])} targets, {meta['pattern']}, {meta['form']} form, from {meta.get('source_run')}")
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``nxmlab`` parser with one subcommand per verb."""
     from .presets import PRESETS
@@ -107,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="nxmlab", description="NxM (keep m of every n) sparsification study "
                                      "toolkit. Add --debug anywhere for tracebacks.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,table,verify,reproduce}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,table,verify,reproduce,export,verify-export}")
     train = sub.add_parser("train", add_help=False, help="train one method on one GLUE task (nxmlab train --help)")
     train.add_argument("args", nargs=argparse.REMAINDER)
     train.set_defaults(func=_train)
@@ -140,6 +189,31 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-train", action="store_true",
                      help="only analyse the finished runs (the notebooks' train=False): never train")
     rep.set_defaults(func=_reproduce)
+
+    from .exporting import DTYPES
+
+    exp = sub.add_parser("export", help="export a finished n:m run as a Hugging Face folder",
+                         description="Write a finished n:m run as a Hugging Face folder whose config.json records the "
+                                     "pattern, the targets, the method, the source run and its score. The dense form "
+                                     "reloads with AutoModelForSequenceClassification; the compressed form stores the "
+                                     "targets in compressed-tensors' bitmask layout (load it with "
+                                     "nxmlab.export.load_sparse).")
+    exp.add_argument("run", help="committed run folder, e.g. results/mrpc/magnitude-4x2-minilm-l6-seed42-<hash>")
+    exp.add_argument("--out", required=True, help="folder to create (must not exist, or be empty)")
+    exp.add_argument("--format", choices=("dense", "compressed"), default="dense", help="dense (default) or compressed")
+    exp.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (default: as trained)")
+    exp.add_argument("--rebuild", action="store_true",
+                     help="when the run's weights are not in the cache (a fresh clone), retrain it from its "
+                          "config.json first and check its score against the committed one")
+    exp.add_argument("--tolerance", type=float, default=1.0,
+                     help="largest score difference, in points, a rebuild may show (default: 1.0)")
+    exp.set_defaults(func=_export)
+
+    vexp = sub.add_parser("verify-export", help="check an exported folder against its n:m metadata",
+                          description="Load an exported folder and check every target against the n:m metadata in "
+                                      "its config.json; exit 1 on any problem.")
+    vexp.add_argument("folder", help="folder written by nxmlab export")
+    vexp.set_defaults(func=_verify_export)
     return parser
 
 
@@ -156,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = argparse.Namespace(func=_train, args=argv[1:]) if argv[:1] == ["train"] else parser.parse_args(argv)
     except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0
         return int(exc.code or 0)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO if _is_main() else logging.ERROR, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from ..callbacks import NonFiniteError
 
@@ -165,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteError as exc:  # a numerical fault, not bad input: exit 1
         if debug:
             raise
-        print(f"nxmlab: error: {exc}", file=sys.stderr)
+        if _is_main():
+            print(f"nxmlab: error: {exc}", file=sys.stderr)
         return 1
     except SystemExit as exc:  # HfArgumentParser on bad train arguments or --help
         return int(exc.code or 0)
@@ -173,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"nxmlab: error: {message}", file=sys.stderr)
+        if _is_main():  # torchrun: one line, from rank 0
+            print(f"nxmlab: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 
 

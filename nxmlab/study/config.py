@@ -22,6 +22,7 @@ from ..admm import DECOUPLED_SCOPES, U_INITS, validate_rho
 from ..nxm import NxM
 from ..targets import COMPONENTS
 from .data import GlueTask, get_task
+from .distributed import launched_world_size
 from .methods import METHODS, Method, get_method, method_label
 from .store import STORE_VERSION, RunFolder, config_hash
 
@@ -114,6 +115,12 @@ class NxMTrainingArguments(TrainingArguments):
     logging_nan_inf_filter: bool = field(default=False, metadata={"help": "Keep NaN/Inf losses visible (nxmlab stops on them)."})
     seed: int = field(default=42, metadata={"help": "Seed for initialisation, dropout and data order."})
     dataloader_pin_memory: bool = field(default=torch.cuda.is_available(), metadata={"help": "Pin memory (GPU only)."})
+
+    def __post_init__(self):
+        from .distributed import configure_launch
+
+        configure_launch(self)  # under torchrun: gloo on CPU, one GPU per rank, or a one-line error
+        super().__post_init__()
 
 
 def non_default(cfg: RunConfig, names: tuple[str, ...]) -> dict[str, Any]:
@@ -232,6 +239,10 @@ class RunSpec:
         training["num_train_epochs"] = float(args.num_train_epochs)  # 3 and 3.0 are one run
         for key in ("lr_scheduler_type", "optim", "train_sampling_strategy"):  # enums as their values
             training[key] = str(getattr(training[key], "value", training[key]))
+        world = launched_world_size()
+        if world > 1:  # DDP (torchrun): another global batch; single-process runs keep their hash
+            training.update(world_size=world, global_batch=world * args.per_device_train_batch_size
+                            * args.gradient_accumulation_steps)
         config: dict[str, Any] = {
             "store_version": STORE_VERSION, "task": self.task.name, "method": self.method.name, "model": cfg.model,
             "max_seq_length": cfg.max_seq_length, "train_limit": cfg.train_limit, "eval_limit": cfg.eval_limit,

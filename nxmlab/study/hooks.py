@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from ..admm import ADMM, loss_free_run
 from ..callbacks import ADMM_STATE_FILE, ADMMCallback
 from ..nxm import nxm_mask
+from .distributed import check_replicated, is_main
 from .store import RunFolder, append_jsonl, load_masks, read_jsonl, save_masks
 
 if TYPE_CHECKING:
@@ -120,9 +121,12 @@ class ADMMHooks:
         return {name: p.detach().clone().contiguous() for name, p in self.admm.params.items()}
 
     def _midpoint(self, step: int) -> None:
-        save_file(self._weights(), str(self.folder.mid_weights), metadata={"step": str(step)})
+        if is_main():  # rank 0 owns the store
+            save_file(self._weights(), str(self.folder.mid_weights), metadata={"step": str(step)})
 
     def _record(self, rows: list[dict[str, Any]]) -> None:
+        if not is_main():
+            return
         append_jsonl(self.folder.raw_dynamics, rows)
         if rows and rows[0]["event"] == "update":  # keep this update's Z mask (cache) for z_mask_distances
             self.folder.z_masks_dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +142,10 @@ class ADMMHooks:
 
     def resume(self, checkpoint: Path | None, step: int) -> None:
         """Restore the ADMM state of ``checkpoint`` and drop later dynamics, or start a fresh log."""
+        if checkpoint is not None:
+            self.admm.load_state_dict(torch.load(checkpoint / ADMM_STATE_FILE, weights_only=True))
+        if not is_main():
+            return
         raw = self.folder.raw_dynamics
         for path in self.folder.z_masks_dir.glob("step-*.npz"):
             if checkpoint is None or int(path.stem.split("-")[1]) > step:
@@ -145,14 +153,17 @@ class ADMMHooks:
         if checkpoint is None:
             raw.unlink(missing_ok=True)
             return
-        self.admm.load_state_dict(torch.load(checkpoint / ADMM_STATE_FILE, weights_only=True))
         kept = [r for r in read_jsonl(raw) if r["step"] <= step]
         raw.unlink(missing_ok=True)
         append_jsonl(raw, kept)
 
     def end(self) -> None:
-        """Keep the final ADMM state and W before the prune (cache)."""
-        torch.save({**self.admm.state_dict(), "W": self._weights()}, self.folder.admm_state)
+        """Keep the final ADMM state and W before the prune (cache); under DDP, check that the
+        ranks agree on Z, U and the masks."""
+        check_replicated({**{f"Z/{n}": z for n, z in self.admm.Z.items()}, **{f"U/{n}": u for n, u in self.admm.U.items()},
+                          **{f"mask/{n}": m for n, m in self.admm.masks.items()}}, "ADMM states (Z, U, masks)")
+        if is_main():
+            torch.save({**self.admm.state_dict(), "W": self._weights()}, self.folder.admm_state)
 
     # --- at the end of the run --------------------------------------------------------
     def finish(self, final_masks: Mapping[str, torch.Tensor], final_model,

@@ -11,6 +11,7 @@ phase, with the optimizer, scheduler, RNG and ADMM states, and skips finished ph
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -39,6 +40,7 @@ from ..nxm import is_nxm
 from ..targets import select_targets, train_only
 from .config import NxMTrainingArguments, RunConfig, RunSpec
 from .data import load_glue, tokenize_glue
+from .distributed import check_launch, check_replicated, decide, is_main
 from .frames import mask_distance_table
 from .methods import MaskContext, Prune
 from .metrics import compute_metrics_fn, glue_score
@@ -58,7 +60,7 @@ class _Run:
     def __init__(self, spec: RunSpec, callbacks: Sequence[TrainerCallback]) -> None:
         self.spec, self.folder = spec, spec.folder()
         self.extra_callbacks = list(callbacks)
-        self.state = self.folder.state()
+        self.state = {"phases": {}, "eval": {}}  # read from the store under the run lock (run_experiment)
 
     # --- data and models ----------------------------------------------------------------
     def setup(self) -> None:
@@ -121,7 +123,8 @@ class _Run:
 
     # --- bookkeeping ----------------------------------------------------------------------
     def save_state(self) -> None:
-        self.folder.write_json(RunFolder.STATE, self.state)
+        if is_main():  # rank 0 owns the store
+            self.folder.write_json(RunFolder.STATE, self.state)
 
     def steps_per_epoch(self) -> int:
         args = self.spec.args
@@ -150,7 +153,7 @@ class _Run:
             logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
             values = logits[:, 0] if self.spec.task.is_regression else logits.argmax(-1)
             frames.append(pd.DataFrame({"split": split, "idx": self.eval_idx[split], "prediction": values}))
-        if predictions:
+        if predictions and is_main():
             self.folder.write_frame(RunFolder.PREDICTIONS, pd.concat(frames, ignore_index=True))
         self.state["eval"][key] = result
         self.save_state()
@@ -176,6 +179,9 @@ class _Run:
             train_only(model, self.targets(model))
         callbacks = [*(hooks.callbacks() if hooks else []), *([FixedMaskCallback(fixed)] if fixed else []),
                      *self.extra_callbacks, FiniteGuard(step.name), CheckpointMarker(step.name)]
+        # accelerate marks a model it has seen (even in an evaluation) as prepared, and would then not
+        # wrap it in DDP again: under torchrun every phase after the first would train each rank alone
+        model.__dict__.pop("_is_accelerate_prepared", None)
         kwargs: dict[str, Any] = dict(model=model, args=args, train_dataset=self.train, data_collator=self.collator,
                                       processing_class=self.tokenizer, callbacks=callbacks)
         if teacher is not None:
@@ -183,7 +189,12 @@ class _Run:
                                           alpha=self.spec.cfg.kd_alpha)
         else:
             trainer = Trainer(**kwargs)
-        checkpoint = last_complete_checkpoint(args.output_dir)
+        # GLUE models return the mean loss of their own batch and ignore num_items_in_batch: tell
+        # Trainer, so that it divides by the accumulation steps and does not scale the loss by the
+        # number of processes (average_tokens_across_devices). The gradient is then the mean over
+        # the global batch, whatever the world size, and the ADMM penalty keeps its weight.
+        trainer.model_accepts_loss_kwargs = False
+        checkpoint = decide(lambda: last_complete_checkpoint(args.output_dir))
         start_step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
         if checkpoint is not None:
             logger.info("resuming phase '%s' of %s from %s", step.name, self.folder.name, checkpoint.name)
@@ -194,14 +205,16 @@ class _Run:
         seconds = time.perf_counter() - tic
         if hooks:
             hooks.end()
+        check_replicated(model.state_dict(), f"weights after phase '{step.name}'")  # DDP kept them in sync
         steps = trainer.state.global_step
         per_step = seconds / max(steps - start_step, 1)
-        self.folder.append_log([{"phase": step.name, **r} for r in trainer.state.log_history])
-        tmp = folder.with_name(f".{step.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        if is_main():
+            self.folder.append_log([{"phase": step.name, **r} for r in trainer.state.log_history])
+            tmp = folder.with_name(f".{step.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(tmp)
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
         per_epoch = (per_step * self.steps_per_epoch() if max_steps is not None
                      else per_step * trainer.state.max_steps / args.num_train_epochs)
         self.state["phases"][step.name] = {
@@ -211,7 +224,8 @@ class _Run:
         if max_steps is not None:
             self.state["phases"][step.name]["epochs"] = steps / self.steps_per_epoch()
         self.save_state()
-        shutil.rmtree(self.folder.checkpoint_dir(step.name), ignore_errors=True)
+        if is_main():
+            shutil.rmtree(self.folder.checkpoint_dir(step.name), ignore_errors=True)
         return model
 
     def run(self, dense: RunFolder | None) -> dict[str, Any]:
@@ -235,6 +249,7 @@ class _Run:
                 self.evaluate("before_prune", model)
                 masks = step.rule.choose(MaskContext(spec, model, self.pretrained, dense_model, self.targets,
                                                      self.calibration))
+                check_replicated(masks, "masks")  # DDP: every rank prunes the same positions
                 fixed = apply_masks(model, masks)
                 self.evaluate("after_prune", model)
                 self.pruned_last = True
@@ -252,6 +267,8 @@ class _Run:
         if fixed is not None:
             fixed.remove()
         final = self.evaluate("final", model, predictions=True)
+        if not is_main():  # the other ranks hold the same model; rank 0 writes the record
+            return None
         return self.finish(model, final, masks, references, all_hooks, dense)
 
     def finish(self, model, final, masks, references, all_hooks, dense: RunFolder | None) -> dict[str, Any]:
@@ -327,7 +344,9 @@ def run_experiment(cfg: RunConfig | RunSpec, args: NxMTrainingArguments | None =
     A finished identical run is reused (unless ``cfg.overwrite``); an unfinished one
     resumes.  Methods that need the dense model train or reuse it first.  Every input
     is checked (config, data, model, targets, teacher) before anything is written; a
-    failure then leaves the results folder as it was.
+    failure then leaves the results folder as it was.  Under ``torchrun`` every rank calls
+    it: Trainer trains with DDP, rank 0 alone reads and writes the store
+    (:mod:`nxmlab.study.distributed`), and every rank returns rank 0's record.
 
     Args:
         cfg: What to run (or an already parsed :class:`RunSpec`).
@@ -340,16 +359,23 @@ def run_experiment(cfg: RunConfig | RunSpec, args: NxMTrainingArguments | None =
         NonFiniteError: NaN/Inf during training; the last good checkpoint is kept.
     """
     spec = cfg if isinstance(cfg, RunSpec) else RunSpec.parse(cfg, args)
-    _check_writable(Path(spec.cfg.results_dir))
+    check_launch(spec.args)  # under torchrun: really DDP, or a one-line error
     folder = spec.folder()
-    if not spec.cfg.overwrite:
+
+    def reusable() -> dict[str, Any] | None:  # rank 0 reads the store; the other ranks get its answer
+        _check_writable(Path(spec.cfg.results_dir))
+        if spec.cfg.overwrite:
+            return None
         try:
             folder.config()
         except StoreVersionError as exc:
             raise ValueError(str(exc)) from exc
-        if folder.finished:
-            logger.info("reusing finished run %s", folder.path)
-            return folder.metrics()
+        return folder.metrics()
+
+    finished = decide(reusable)
+    if finished is not None:
+        logger.info("reusing finished run %s", folder.path)
+        return finished
 
     run = _Run(spec, callbacks)
     run.setup()
@@ -358,27 +384,34 @@ def run_experiment(cfg: RunConfig | RunSpec, args: NxMTrainingArguments | None =
     if spec.method.needs_dense(spec):
         dense_spec = spec.dense()
         dense = dense_spec.folder()
-        if dense.finished and not (dense.model_dir / "config.json").is_file():
+        if decide(lambda: dense.finished and not (dense.model_dir / "config.json").is_file()):
             logger.info("dense run %s has no saved model (fresh clone?): training it again", dense.path)
             dense_spec.cfg.overwrite = True
         run_experiment(dense_spec, callbacks=callbacks)
     elif spec.method.sparse:  # not needed, but its ASP mask is a reference of the mask diagnostics when at hand
         candidate = spec.dense().folder()
-        if candidate.finished and (candidate.model_dir / "config.json").is_file():
+        if decide(lambda: candidate.finished and (candidate.model_dir / "config.json").is_file()):
             dense = candidate
 
-    with folder.lock():
-        if folder.finished and not spec.cfg.overwrite:  # finished by another process meanwhile
-            return folder.metrics()
-        if spec.cfg.overwrite:
-            shutil.rmtree(folder.path, ignore_errors=True)
-            shutil.rmtree(folder.cache, ignore_errors=True)
-            run.state = {"phases": {}, "eval": {}}
-        folder.write_json(RunFolder.CONFIG, spec.canonical())
+    with folder.lock() if is_main() else contextlib.nullcontext():  # rank 0 alone holds the run lock
+        def start() -> tuple[dict[str, Any] | None, dict[str, Any]]:
+            if folder.finished and not spec.cfg.overwrite:  # finished by another process meanwhile
+                return folder.metrics(), {}
+            if spec.cfg.overwrite:
+                shutil.rmtree(folder.path, ignore_errors=True)
+                shutil.rmtree(folder.cache, ignore_errors=True)
+            folder.write_json(RunFolder.CONFIG, spec.canonical())
+            return None, folder.state()
+
+        finished, run.state = decide(start)
+        if finished is not None:
+            return finished
         bars = hf_logging.is_progress_bar_enabled()  # keep Trainer's bar, not the shard-writing bars
         hf_logging.disable_progress_bar()
         try:
-            return run.run(dense)
+            metrics = run.run(dense)
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
+        metrics = decide(lambda: metrics)  # the other ranks return rank 0's record, once it is written
+    return metrics
