@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from ..admm import ADMM, loss_free_run
 from ..callbacks import ADMM_STATE_FILE, ADMMCallback
 from ..nxm import nxm_mask
-from .store import RunFolder, append_jsonl, load_masks, read_jsonl, save_masks
+from .store import RunFolder, append_jsonl, atomic_write, load_masks, read_jsonl, save_masks
 
 if TYPE_CHECKING:
     from .config import RunSpec
@@ -152,7 +152,8 @@ class ADMMHooks:
 
     def end(self) -> None:
         """Keep the final ADMM state and W before the prune (cache)."""
-        torch.save({**self.admm.state_dict(), "W": self._weights()}, self.folder.admm_state)
+        state = {**self.admm.state_dict(), "W": self._weights()}
+        atomic_write(self.folder.admm_state, lambda tmp: torch.save(state, tmp))  # never a torn file
 
     # --- at the end of the run --------------------------------------------------------
     def finish(self, final_masks: Mapping[str, torch.Tensor], final_model,

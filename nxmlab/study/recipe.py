@@ -32,7 +32,7 @@ from ..callbacks import (
     FiniteGuard,
     FixedMaskCallback,
     NonFiniteError,
-    last_complete_checkpoint,
+    last_loadable_checkpoint,
 )
 from ..masking import apply_masks, magnitude_nxm_masks
 from ..nxm import is_nxm
@@ -41,9 +41,10 @@ from .config import NxMTrainingArguments, RunConfig, RunSpec
 from .data import load_glue, tokenize_glue
 from .frames import mask_distance_table
 from .methods import MaskContext, Prune
-from .metrics import compute_metrics_fn, glue_score
+from .metrics import compute_metrics_fn, glue_score, missing_reasons
 from .models import load_model_and_tokenizer
-from .store import STORE_VERSION, RunFolder, StoreVersionError, config_hash, save_masks
+from .integrity import file_sha256, finite_or_none, model_folder_problem
+from .store import STORE_VERSION, DamagedFileError, RunFolder, StoreVersionError, config_hash, save_masks
 
 __all__ = ["run_experiment", "NonFiniteError"]
 
@@ -58,7 +59,11 @@ class _Run:
     def __init__(self, spec: RunSpec, callbacks: Sequence[TrainerCallback]) -> None:
         self.spec, self.folder = spec, spec.folder()
         self.extra_callbacks = list(callbacks)
-        self.state = self.folder.state()
+        self.state: dict[str, Any] = {"phases": {}, "eval": {}}
+
+    def use_folder(self, folder: RunFolder) -> None:
+        """Write into ``folder`` (the run's own, or its staging folder under ``--overwrite``)."""
+        self.folder, self.state = folder, folder.state()
 
     # --- data and models ----------------------------------------------------------------
     def setup(self) -> None:
@@ -93,7 +98,15 @@ class _Run:
 
     @staticmethod
     def load_saved(folder: Path):
-        return AutoModelForSequenceClassification.from_pretrained(folder)
+        """A model saved by a phase or run; ``ValueError`` naming the folder when it is damaged."""
+        problem = model_folder_problem(folder)
+        if problem is None:
+            try:
+                return AutoModelForSequenceClassification.from_pretrained(folder)
+            except (OSError, ValueError, RuntimeError) as exc:
+                problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot load the saved model in {folder} (damaged or incomplete: {problem}); "
+                         "train that run again with --overwrite")
 
     def load_teacher(self, path: Path):
         candidates = [path / "model", RunFolder.at(path).model_dir, path]
@@ -140,12 +153,16 @@ class _Run:
         result, frames = {}, []
         for split, dataset in self.evals.items():
             out = trainer.predict(dataset, metric_key_prefix="eval")
-            result[split] = {k.removeprefix("eval_"): float(v) for k, v in out.metrics.items()
-                             if isinstance(v, (int, float)) and not k.endswith(_TIMING_KEYS)}
-            if not math.isfinite(result[split].get("loss", 0.0)):
+            raw = {k.removeprefix("eval_"): float(v) for k, v in out.metrics.items()
+                   if isinstance(v, (int, float)) and not k.endswith(_TIMING_KEYS)}
+            if not math.isfinite(raw.get("loss", 0.0)):
                 raise NonFiniteError(f"non-finite evaluation loss on {split} at '{key}' of {self.folder.path}")
             logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
             values = logits[:, 0] if self.spec.task.is_regression else logits.argmax(-1)
+            missing = missing_reasons(self.spec.task, raw, values, out.label_ids)
+            result[split], _ = finite_or_none(raw)  # an undefined metric is stored as missing, with its reason
+            if missing:
+                result[split]["missing"] = missing
             frames.append(pd.DataFrame({"split": split, "idx": self.eval_idx[split], "prediction": values}))
         if predictions:
             self.folder.write_frame(RunFolder.PREDICTIONS, pd.concat(frames, ignore_index=True))
@@ -155,6 +172,7 @@ class _Run:
         return result
 
     def score(self, result: dict[str, dict[str, float]]) -> float:
+        """The task score over the validation splits; NaN when a split has none."""
         return sum(glue_score(self.spec.task, m) for m in result.values()) / len(result)
 
     # --- phases -----------------------------------------------------------------------------
@@ -180,7 +198,7 @@ class _Run:
                                           alpha=self.spec.cfg.kd_alpha)
         else:
             trainer = Trainer(**kwargs)
-        checkpoint = last_complete_checkpoint(args.output_dir)
+        checkpoint = last_loadable_checkpoint(args.output_dir)  # a damaged one falls back to the previous
         start_step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
         if checkpoint is not None:
             logger.info("resuming phase '%s' of %s from %s", step.name, self.folder.name, checkpoint.name)
@@ -293,17 +311,45 @@ class _Run:
             "task": spec.task.name, "method": spec.method.name, "kd": spec.kd, "model": spec.cfg.model,
             "seed": spec.seed, "pattern": str(spec.pattern) if spec.method.sparse else None,
             "rho": spec.cfg.rho if "rho" in spec.method.options else None,
-            "score": self.score(final), "eval": self.state["eval"], "phases": self.state["phases"],
+            "score": self.score(final), "eval": copy.deepcopy(self.state["eval"]), "phases": self.state["phases"],
             "seconds": sum(p["seconds"] for p in self.state["phases"].values()),
             "sparsity": {"mean": sum(sparsity.values()) / len(sparsity) if sparsity else 0.0, "targets": sparsity},
             "is_nxm": (not bad) if masks is not None and spec.method.rule.structured else None,
             "mask_distance": distances, "diagnostics": diagnostics,
             "dense_run": dense.rel if dense is not None else None,
         }
+        metrics, non_finite = finite_or_none(metrics)  # NaN/Inf are stored as missing, never as numbers
+        missing = {path: "not a finite number" for path in non_finite}
+        if metrics["score"] is None:
+            reasons = sorted({m.get("missing", {}).get("score", "not a finite number") for m in final.values()})
+            missing["score"] = "; ".join(reasons)
+        if missing:
+            metrics["missing"] = missing
+        metrics["checksums"] = _checksums(folder)
         folder.write_json(RunFolder.METRICS, metrics)
         shutil.rmtree(folder.cache / "phases", ignore_errors=True)  # the final model stays in model/
         shutil.rmtree(folder.cache / "checkpoints", ignore_errors=True)
         return metrics
+
+
+#: Cache files whose checksums ``metrics.json`` records (with every file of ``model/``).
+CHECKSUMMED_CACHE = ("masks.npz", "admm_state.pt", "dynamics.jsonl")
+
+
+def _checksums(folder: RunFolder) -> dict[str, dict[str, str]]:
+    """SHA-256 of every committed file but ``metrics.json`` and of the run's final cache files,
+    recorded in ``metrics.json`` for ``nxmlab verify``."""
+    run = {p.name: file_sha256(p) for p in sorted(folder.path.iterdir())
+           if p.is_file() and p.name != RunFolder.METRICS and not p.name.startswith(".")}
+    cache = {f"model/{p.name}": file_sha256(p) for p in sorted(folder.model_dir.glob("*")) if p.is_file()}
+    cache.update({name: file_sha256(folder.cache / name) for name in CHECKSUMMED_CACHE
+                  if (folder.cache / name).is_file()})
+    return {"run": run, "cache": cache}
+
+
+def _damaged(exc: DamagedFileError) -> ValueError:
+    return ValueError(f"{exc}; train that run again with --overwrite (the damaged result stays until the new one "
+                      "is finished), or move its folder away")
 
 
 def _check_writable(folder: Path) -> None:
@@ -342,11 +388,14 @@ def run_experiment(cfg: RunConfig | RunSpec, args: NxMTrainingArguments | None =
     if not spec.cfg.overwrite:
         try:
             folder.config()
+            metrics = folder.metrics()
         except StoreVersionError as exc:
             raise ValueError(str(exc)) from exc
-        if folder.finished:
+        except DamagedFileError as exc:
+            raise _damaged(exc) from exc
+        if metrics is not None:
             logger.info("reusing finished run %s", folder.path)
-            return folder.metrics()
+            return metrics
 
     run = _Run(spec, callbacks)
     run.setup()
@@ -355,27 +404,51 @@ def run_experiment(cfg: RunConfig | RunSpec, args: NxMTrainingArguments | None =
     if spec.method.needs_dense(spec):
         dense_spec = spec.dense()
         dense = dense_spec.folder()
-        if dense.finished and not (dense.model_dir / "config.json").is_file():
-            logger.info("dense run %s has no saved model (fresh clone?): training it again", dense.path)
+        try:
+            finished = dense.finished
+        except DamagedFileError as exc:
+            raise _damaged(exc) from exc
+        problem = None
+        if finished:
+            problem = (model_folder_problem(dense.model_dir) if dense.model_dir.exists()
+                       else "it has no saved model (fresh clone?)")
+        if problem:
+            logger.warning("dense run %s: %s: training it again", dense.path, problem)
             dense_spec.cfg.overwrite = True
         run_experiment(dense_spec, callbacks=callbacks)
     elif spec.method.sparse:  # not needed, but its ASP mask is a reference of the mask diagnostics when at hand
         candidate = spec.dense().folder()
-        if candidate.finished and (candidate.model_dir / "config.json").is_file():
-            dense = candidate
+        try:
+            if candidate.finished and model_folder_problem(candidate.model_dir) is None:
+                dense = candidate
+        except DamagedFileError as exc:
+            logger.warning("not using the dense run as a mask reference: %s", exc)
 
     with folder.lock():
-        if folder.finished and not spec.cfg.overwrite:  # finished by another process meanwhile
-            return folder.metrics()
-        if spec.cfg.overwrite:
-            shutil.rmtree(folder.path, ignore_errors=True)
-            shutil.rmtree(folder.cache, ignore_errors=True)
-            run.state = {"phases": {}, "eval": {}}
-        folder.write_json(RunFolder.CONFIG, spec.canonical())
+        folder.recover()  # a finished --overwrite cut short while it moved in
+        target = folder
+        if spec.cfg.overwrite:  # build the new result beside the old one, swap it in when finished
+            target = folder.staging()
+            target.discard()
+        else:
+            try:
+                metrics = folder.metrics()
+            except DamagedFileError as exc:
+                raise _damaged(exc) from exc
+            if metrics is not None:  # finished by another process meanwhile
+                return metrics
+        try:
+            run.use_folder(target)
+        except DamagedFileError as exc:
+            raise _damaged(exc) from exc
+        target.write_json(RunFolder.CONFIG, spec.canonical())
         bars = hf_logging.is_progress_bar_enabled()  # keep Trainer's bar, not the shard-writing bars
         hf_logging.disable_progress_bar()
         try:
-            return run.run(dense)
+            metrics = run.run(dense)
+            if target is not folder:
+                folder.replace_with(target)
+            return metrics
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
