@@ -293,16 +293,18 @@ def checkpoint_problem(checkpoint: str | os.PathLike[str]) -> str | None:
     import json
 
     from safetensors.torch import load_file
+    from transformers.trainer_pt_utils import safe_globals  # the numpy types of rng_state.pth, as Trainer loads it
 
     checkpoint = Path(checkpoint)
     for path in sorted(checkpoint.iterdir()):
-        if not path.is_file():
+        if not path.is_file() or path.name == "training_args.bin":  # a pickle Trainer never reloads
             continue
         try:
             if path.suffix == ".safetensors":
                 load_file(path)
             elif path.suffix in (".pt", ".pth", ".bin"):
-                torch.load(path, map_location="cpu", weights_only=True)
+                with safe_globals():
+                    torch.load(path, map_location="cpu", weights_only=True)
             elif path.suffix == ".json":
                 json.loads(path.read_text())
         except Exception as exc:  # noqa: BLE001 - any failure to load is the finding

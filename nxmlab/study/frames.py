@@ -275,7 +275,7 @@ def glue_table(scores: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.D
         reasons = scores.attrs.get("missing", {})
         columns = task_order([*(c for c in table.columns if c != "avg"), *unscored["task"]])
         table = table.reindex(index=label_order([*table.index, *labels]),
-                              columns=columns + (["avg"] if "avg" in table.columns else []))
+                              columns=columns + (["avg"] if "avg" in table.columns else [])).astype(object)
         for (label, task), group in unscored.groupby([labels, unscored["task"]], sort=True):
             for column in (task, "avg"):
                 if column in table.columns and pd.isna(table.at[label, column]):

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from ..admm import ADMM, loss_free_run
 from ..callbacks import ADMM_STATE_FILE, ADMMCallback
 from ..nxm import nxm_mask
-from .store import RunFolder, append_jsonl, atomic_write, load_masks, read_jsonl, save_masks
+from .store import RunFolder, append_jsonl, atomic_write, follow_umask, load_masks, read_jsonl, save_masks
 
 if TYPE_CHECKING:
     from .config import RunSpec
@@ -121,6 +121,7 @@ class ADMMHooks:
 
     def _midpoint(self, step: int) -> None:
         save_file(self._weights(), str(self.folder.mid_weights), metadata={"step": str(step)})
+        follow_umask(self.folder.mid_weights)
 
     def _record(self, rows: list[dict[str, Any]]) -> None:
         append_jsonl(self.folder.raw_dynamics, rows)

@@ -44,7 +44,15 @@ from .methods import MaskContext, Prune
 from .metrics import compute_metrics_fn, glue_score, missing_reasons
 from .models import load_model_and_tokenizer
 from .integrity import file_sha256, finite_or_none, model_folder_problem
-from .store import STORE_VERSION, DamagedFileError, RunFolder, StoreVersionError, config_hash, save_masks
+from .store import (
+    STORE_VERSION,
+    DamagedFileError,
+    RunFolder,
+    StoreVersionError,
+    config_hash,
+    follow_umask,
+    save_masks,
+)
 
 __all__ = ["run_experiment", "NonFiniteError"]
 
@@ -215,6 +223,7 @@ class _Run:
         tmp = folder.with_name(f".{step.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
+        follow_umask(tmp)  # safetensors writes 0600
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
         per_epoch = (per_step * self.steps_per_epoch() if max_steps is not None
@@ -303,6 +312,7 @@ class _Run:
         else:
             shutil.copytree(folder.phase_dir(list(self.state["phases"])[-1]), tmp)
         self.tokenizer.save_pretrained(tmp)
+        follow_umask(tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
         metrics = {

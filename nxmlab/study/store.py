@@ -62,6 +62,7 @@ __all__ = [
     "append_jsonl",
     "cache_root",
     "config_hash",
+    "follow_umask",
     "iter_runs",
     "metrics_problem",
     "load_masks",
@@ -128,6 +129,18 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | Callable[[Path], No
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def follow_umask(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` (a file, or a folder and everything in it) the permissions of the process
+    umask: files ``0o666 & ~umask``, folders ``0o777 & ~umask``.  Some writers (safetensors,
+    ``tempfile``) make files 0600, which other members of a group sharing a store cannot read.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    path = Path(path)
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
