@@ -30,6 +30,8 @@ __all__ = [
     "FiniteGuard",
     "NonFiniteError",
     "last_complete_checkpoint",
+    "last_loadable_checkpoint",
+    "checkpoint_problem",
     "COMPLETE_MARKER",
     "planned_lr_sum",
     "lr_budget",
@@ -283,6 +285,57 @@ def last_complete_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
         return None
     done = [p for p in root.glob("checkpoint-*") if (p / COMPLETE_MARKER).exists() and p.name.split("-")[-1].isdigit()]
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def checkpoint_problem(checkpoint: str | os.PathLike[str]) -> str | None:
+    """Why a Trainer checkpoint cannot be resumed from, or ``None``: every file in it must load.
+
+    Loads ``*.safetensors`` with safetensors, ``*.pt``/``*.pth``/``*.bin`` with
+    ``torch.load(weights_only=True)`` (as ``Trainer`` does) and ``*.json`` with ``json``.
+    """
+    import json
+
+    from safetensors.torch import load_file
+    from transformers.trainer_pt_utils import safe_globals  # the numpy types of rng_state.pth, as Trainer loads it
+
+    checkpoint = Path(checkpoint)
+    for path in sorted(checkpoint.iterdir()):
+        if not path.is_file() or path.name == "training_args.bin":  # a pickle Trainer never reloads
+            continue
+        try:
+            if path.suffix == ".safetensors":
+                load_file(path)
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                with safe_globals():
+                    torch.load(path, map_location="cpu", weights_only=True)
+            elif path.suffix == ".json":
+                json.loads(path.read_text())
+        except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return f"{path.name} does not load ({message[:200]})"
+    return None
+
+
+def last_loadable_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint that loads (:func:`checkpoint_problem`), if any.
+
+    A complete checkpoint that does not load (e.g. a damaged ``optimizer.pt``) is renamed
+    ``damaged-checkpoint-N`` (out of ``Trainer``'s rotation, kept for inspection) with a
+    warning, and the previous one is tried.
+    """
+    while (checkpoint := last_complete_checkpoint(output_dir)) is not None:
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint
+        damaged = checkpoint.with_name(f"damaged-{checkpoint.name}")
+        logger.warning("checkpoint %s cannot be resumed from: %s; falling back to the previous one (kept as %s)",
+                       checkpoint, problem, damaged.name)
+        if damaged.exists():
+            import shutil
+
+            shutil.rmtree(damaged)
+        checkpoint.rename(damaged)
+    return None
 
 
 class DistillationTrainer(Trainer):

@@ -29,9 +29,31 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .nxm import NxM, nxm_mask
+from .nxm import NxM, check_tensor, nxm_mask
 
-__all__ = ["magnitude_nxm_masks", "unstructured_masks", "apply_masks", "FixedMasks", "mask_distance", "mask_sparsity"]
+__all__ = ["magnitude_nxm_masks", "unstructured_masks", "apply_masks", "FixedMasks", "mask_distance", "mask_sparsity",
+           "as_bool_mask"]
+
+
+def as_bool_mask(mask: object, name: str = "mask") -> torch.Tensor:
+    """``mask`` as a bool tensor (``True`` = keep): a bool tensor, or a numeric one holding only 0 and 1.
+
+    Raises:
+        TypeError: not a tensor, a ``meta`` or complex tensor.
+        ValueError: a numeric mask with any value other than 0 and 1 (e.g. a float mask of
+            probabilities: threshold it first); a 0.3 is never silently "keep".
+    """
+    check_tensor(mask, name, dtypes=None)
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_complex():
+        raise TypeError(f"{name}: unsupported dtype {mask.dtype}; a mask is bool, or holds only 0 and 1")
+    binary = (mask == 0) | (mask == 1)
+    if not bool(binary.all()):
+        bad = mask[~binary].flatten()[0].item()
+        raise ValueError(f"{name}: a mask must be bool or hold only 0 and 1, found {bad!r} "
+                         "(threshold it first, e.g. mask > 0.5)")
+    return mask != 0
 
 
 @torch.no_grad()
@@ -89,9 +111,9 @@ def mask_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     ``|A ∧ ¬B| / |A|``: 0 for identical masks, 1 for disjoint ones, ``1 − m/n`` expected
     for two independent random n:m masks.
     """
+    a, b = as_bool_mask(a, "a"), as_bool_mask(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"masks differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
-    a, b = a.bool(), b.bool()
     total = int(a.sum()) + int(b.sum())
     return 0.0 if total == 0 else int((a ^ b).sum()) / total
 
@@ -109,6 +131,10 @@ class FixedMasks:
     """
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__qualname__}")
+        if not isinstance(masks, Mapping):
+            raise TypeError(f"masks: expected a mapping {{module name: mask}}, got {type(masks).__qualname__}")
         modules = dict(model.named_modules())
         missing = [name for name in masks if name not in modules]
         if missing:
@@ -118,6 +144,7 @@ class FixedMasks:
         self._handles: list = []
         for name, mask in masks.items():
             weight = modules[name].weight
+            mask = as_bool_mask(mask, name)
             if mask.shape != weight.shape:
                 raise ValueError(f"{name}: mask shape {tuple(mask.shape)} != weight shape {tuple(weight.shape)}")
             mask = mask.to(device=weight.device, dtype=torch.bool)
@@ -150,7 +177,8 @@ def apply_masks(
 
     Args:
         model: The model whose modules the mask names refer to.
-        masks: ``{module name: bool mask}`` with ``True`` = keep.
+        masks: ``{module name: bool mask}`` with ``True`` = keep (a numeric mask must hold
+            only 0 and 1, see :func:`as_bool_mask`).
         optimizer: If given, weights are re-masked after each of its steps.
 
     Returns:

@@ -24,6 +24,8 @@ from .kernels import fused_nxm_mask_and_project, reference_mask
 
 __all__ = [
     "NxM",
+    "FLOAT_DTYPES",
+    "check_tensor",
     "nxm_mask",
     "nxm_mask_and_project",
     "project",
@@ -35,6 +37,30 @@ __all__ = [
 ]
 
 _PATTERN_RE = re.compile(r"^\s*(\d+)\s*[:x]\s*(\d+)\s*$")
+#: Weight dtypes the NxM functions accept.
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _type_name(value: object) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def check_tensor(value: object, name: str = "weight", dtypes: tuple[torch.dtype, ...] | None = FLOAT_DTYPES) -> None:
+    """Raise ``TypeError`` unless ``value`` is a tensor with data (not ``meta``) of one of ``dtypes``.
+
+    Args:
+        value: What the caller passed.
+        name: Its name in the message.
+        dtypes: Accepted dtypes (``None``: any).
+    """
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {_type_name(value)} (convert it with torch.as_tensor)")
+    if value.device.type == "meta":
+        raise TypeError(f"{name}: a meta tensor holds no values; materialise the weights first")
+    if dtypes is not None and value.dtype not in dtypes:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{name}: unsupported dtype {value.dtype}; expected one of {allowed}")
 
 
 @dataclass(frozen=True)
@@ -107,9 +133,11 @@ class NxM:
             name: Layer name used in error messages.
 
         Raises:
+            TypeError: if ``weight`` is not a floating-point tensor with data.
             ValueError: if ``weight`` is not 2-D, ``n`` does not divide its input
                 width, or it holds NaN/Inf values.
         """
+        check_tensor(weight, name)
         if weight.dim() != 2:
             raise ValueError(
                 f"{name}: NxM sparsity needs a 2-D [out, in] weight, got shape {tuple(weight.shape)}"
@@ -150,6 +178,7 @@ def nxm_mask_and_project(
     force the reference.
     """
     pattern = NxM.parse(pattern)
+    check_tensor(weight, name)
     if _use_kernels(weight):
         with torch.no_grad():
             return fused_nxm_mask_and_project(weight.detach(), pattern.n, pattern.m, name)
@@ -185,8 +214,12 @@ def project(weight: torch.Tensor, pattern: NxM | str, name: str = "weight") -> t
 
 
 def is_nxm(weight: torch.Tensor, pattern: NxM | str) -> bool:
-    """True if every group of ``n`` in ``weight`` has at most ``m`` non-zeros."""
+    """True if every group of ``n`` in ``weight`` has at most ``m`` non-zeros (``TypeError`` for a
+    non-tensor, a ``meta`` tensor or a bool tensor)."""
     pattern = NxM.parse(pattern)
+    check_tensor(weight, "weight", dtypes=None)
+    if weight.dtype == torch.bool:
+        raise TypeError("weight: unsupported dtype torch.bool; is_nxm checks weights, not masks")
     if weight.dim() != 2 or weight.shape[1] % pattern.n != 0:
         return False
     nonzero = (_groups(weight.detach(), pattern) != 0).sum(dim=1)
@@ -235,6 +268,8 @@ def compress(weight: torch.Tensor, pattern: NxM | str, name: str = "weight") -> 
 def decompress(values: torch.Tensor, indices: torch.Tensor, pattern: NxM | str) -> torch.Tensor:
     """Inverse of :func:`compress`: rebuild the dense ``[out, in]`` weight exactly."""
     pattern = NxM.parse(pattern)
+    check_tensor(values, "values")
+    check_tensor(indices, "indices", (torch.uint8, torch.int16, torch.int32, torch.int64))
     if values.shape != indices.shape or values.dim() != 2 or values.shape[1] % pattern.m != 0:
         raise ValueError(
             f"values {tuple(values.shape)} and indices {tuple(indices.shape)} are not a "
@@ -255,6 +290,7 @@ def pack_mask(mask: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     """
     import numpy as np
 
+    check_tensor(mask, "mask", dtypes=None)
     flat = mask.detach().to("cpu", torch.bool).reshape(-1).numpy()
     return torch.from_numpy(np.packbits(flat)), tuple(mask.shape)
 

@@ -82,12 +82,19 @@ def test_stsb_pearson_spearman_by_hand():
         assert m["score"] == pytest.approx((pearson + spearman) / 2, rel=1e-6)
 
 
-def test_stsb_constant_predictions_give_zero_without_warnings():
+def test_stsb_undefined_correlation_is_nan_with_a_reason_not_zero():
+    from nxmlab.study.metrics import missing_reasons
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        m = glue_metrics("stsb", np.full((5, 1), 2.5), np.array([0.0, 1.0, 2.0, 3.0, 4.0]))
-        assert m == {"pearson": 0.0, "spearmanr": 0.0, "score": 0.0}
-        assert glue_metrics("stsb", np.array([3.0]), np.array([4.0]))["score"] == 0.0
+        preds, gold = np.full((5, 1), 2.5), np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+        m = glue_metrics("stsb", preds, gold)
+        assert all(math.isnan(m[k]) for k in ("pearson", "spearmanr", "score"))
+        assert missing_reasons("stsb", m, preds, gold)["score"] == (
+            "undefined: the model predicts the same value for every example")
+        one = glue_metrics("stsb", np.array([3.0]), np.array([4.0]))
+        assert math.isnan(one["score"])
+        assert "at least 2 examples, got 1" in missing_reasons("stsb", one, np.array([3.0]), np.array([4.0]))["pearson"]
 
 
 def test_stsb_nan_predictions_stay_nan():

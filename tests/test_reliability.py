@@ -71,7 +71,7 @@ BAD_INPUTS = {
     "m >= n": (["--pattern", "4:4"], "need 1 <= m < n"),
     "n does not divide a layer": (["--pattern", "48:2"], r"bert.encoder.layer.0.attention.self.query: pattern 48:2"),
     "rho zero": (["--rho", "0"], "rho must be a finite number > 0"),
-    "rho nan": (["--rho", "nan"], "rho must be a finite number > 0"),
+    "rho nan": (["--rho", "nan"], "rho must be a finite number, got nan"),
     "zero epochs": (["--num_train_epochs", "0"], "num_train_epochs must be > 0"),
     "negative retrain epochs": (["--retrain_epochs", "-1"], "retrain_epochs must be > 0"),
     "zero batch size": (["--per_device_train_batch_size", "0"], "per_device_train_batch_size must be > 0"),
@@ -281,13 +281,14 @@ def test_verify_finds_every_kind_of_damage(tmp_path, glue_dir, capsys):
     masks["final"][name][:] = True  # 4 kept in every group of a 4:2 mask
     run.write_mask_sample(masks, 4)
     metrics = read_json(run.file(RunFolder.METRICS))
-    metrics["eval"]["final"]["validation"]["accuracy"] = float("nan")
+    metrics["eval"]["final"]["validation"]["accuracy"] = "n/a"
     run.file(RunFolder.METRICS).write_text(json.dumps(metrics))
     run.file(RunFolder.LOG).unlink()
     run.file(RunFolder.PREDICTIONS).write_bytes(b"garbage")
     problems = " | ".join(next(c for c in verify_results(tmp_path) if "magnitude" in c.run).problems)
-    assert f"{name}: sampled final mask is not 4:2" in problems and "accuracy is not a finite number" in problems
-    assert "log.jsonl is missing" in problems and "predictions.parquet is unreadable" in problems
+    assert f"mask_sample.npz: the final mask of {name} is not exactly 4:2" in problems
+    assert "accuracy is not a finite number" in problems
+    assert "log.jsonl: missing" in problems and "predictions.parquet: not a readable parquet file" in problems
     assert main(["verify", str(tmp_path)]) == 1
 
     run_dir = run.path

@@ -7,14 +7,17 @@ Bad input exits with status 2 and one line on stderr (a traceback only with ``--
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "EXIT_USAGE"]
+__all__ = ["main", "build_parser", "system_fault", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
 EXIT_USAGE = 2
+#: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
 
 
 class UsageError(Exception):
@@ -37,7 +40,7 @@ def _is_main() -> bool:
 def _train(ns: argparse.Namespace) -> int:
     from transformers import HfArgumentParser
 
-    from .config import NxMTrainingArguments, RunConfig
+    from .config import NxMTrainingArguments, RunConfig, load_config_file
     from .recipe import run_experiment
 
     parser = HfArgumentParser((RunConfig, NxMTrainingArguments), prog="nxmlab train",
@@ -45,11 +48,7 @@ def _train(ns: argparse.Namespace) -> int:
                                           "Also accepts a single JSON/YAML config file.")
     argv = ns.args
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
-        try:
-            cfg, args = loader(argv[0])
-        except (OSError, ValueError, TypeError) as exc:
-            raise UsageError(f"cannot read config {argv[0]}: {exc}") from exc
+        cfg, args = load_config_file(argv[0])  # every value type-checked, one line on error
     else:
         cfg, args = parser.parse_args_into_dataclasses(args=argv)
     metrics = run_experiment(cfg, args)
@@ -57,7 +56,9 @@ def _train(ns: argparse.Namespace) -> int:
         return 0  # torchrun: rank 0 reports
     phases = ", ".join(f"{k} {v['seconds']:.0f}s" for k, v in metrics["phases"].items())
     label = metrics["method"] + ("+kd" if metrics["kd"] else "")
-    print(f"{metrics['task']} {label}: score {100 * metrics['score']:.2f} ({phases})")
+    score = (f"score {100 * metrics['score']:.2f}" if metrics["score"] is not None
+             else f"no score ({(metrics.get('missing') or {}).get('score', 'missing')})")
+    print(f"{metrics['task']} {label}: {score} ({phases})")
     return 0
 
 
@@ -79,18 +80,28 @@ def _table(ns: argparse.Namespace) -> int:
 
 
 def _verify(ns: argparse.Namespace) -> int:
-    from .verify import verify_results
+    from .verify import level_problem, verify_results
 
-    checks = verify_results(ns.results_dir)
-    bad = [c for c in checks if c.finished and c.problems]
+    problem = level_problem(ns.results_dir)
+    if problem:
+        raise UsageError(problem)
+    checks = verify_results(ns.results_dir, cache=not ns.no_cache)
     for check in checks:
-        status = "unfinished" if not check.finished else ("ok" if check.ok else "FAIL")
+        status = "FAIL" if check.failed else ("ok" if check.ok else "unfinished")
         print(f"{status:10} {check.run}")
         for problem in check.problems:
-            print(f"{'':10}   - {problem}")
+            print(f"{'':10}   - {check.run}/{problem}" if not problem.startswith("/") else f"{'':10}   - {problem}")
+    bad = sum(c.failed for c in checks)
     finished = sum(c.finished for c in checks)
-    print(f"{finished} finished run(s), {len(bad)} with problems, {len(checks) - finished} unfinished")
-    return 1 if bad else 0
+    unfinished = sum(not c.finished and not c.failed for c in checks)
+    print(f"{finished} finished run(s) checked, {bad} with problems, {unfinished} unfinished")
+    if bad:
+        return 1
+    if not finished:
+        print(f"nxmlab: error: nothing to check: no finished run under {ns.results_dir} "
+              "(expected <results>/<task>/<run>/metrics.json)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _reproduce(ns: argparse.Namespace) -> int:
@@ -149,6 +160,36 @@ def _verify_export(ns: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_READ_ONLY = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}
+
+
+def system_fault(exc: BaseException) -> str | None:
+    """A one-line message for a fault of the system (disk full, read-only path), or ``None``.
+
+    Looks through the exception's causes: an ``OSError`` with its errno, and the messages
+    torch's and safetensors' writers give on a full disk.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
+            where = f" writing {seen.filename}" if seen.filename else ""
+            return (f"disk full (no space left on device){where}: free some space and run the same command "
+                    "again (finished phases and complete checkpoints are kept; the run resumes)")
+        if isinstance(seen, OSError) and seen.errno in _READ_ONLY:
+            where = f" {seen.filename}" if seen.filename else " a file"
+            return f"cannot write{where}: {_READ_ONLY[seen.errno]}; choose a writable folder"
+        text = str(seen)
+        if "No space left on device" in text or "os error 28" in text:
+            return ("disk full (no space left on device) while saving: free some space and run the same command "
+                    "again (finished phases and complete checkpoints are kept; the run resumes)")
+        if "inline_container.cc" in text or "PytorchStreamWriter" in text:
+            return (f"torch could not write a file ({text.strip().splitlines()[0][:120]}); the disk may be full: "
+                    "free some space and run the same command again (the run resumes)")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``nxmlab`` parser with one subcommand per verb."""
     from .presets import PRESETS
@@ -171,8 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     table.set_defaults(func=_table)
 
     verify = sub.add_parser("verify", help="check every finished run of a results folder",
-                            description="Check every finished run of a results folder; exit 1 on any problem.")
+                            description="Check every file of every finished run of a results folder (and its "
+                                        "cache, when present); exit 1 on any problem or when there is "
+                                        "nothing to check.")
     verify.add_argument("results_dir", help="results store, e.g. results")
+    verify.add_argument("--no-cache", action="store_true",
+                        help="check only the committed files, not the cache (weights, full masks, ADMM state)")
     verify.set_defaults(func=_verify)
 
     rep = sub.add_parser("reproduce", help="run the study notebooks of a preset with papermill",
@@ -244,8 +289,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except SystemExit as exc:  # HfArgumentParser on bad train arguments or --help
         return int(exc.code or 0)
-    except (UsageError, ValueError, OSError, ImportError) as exc:
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
         if debug:
+            raise
+        print("nxmlab: interrupted; run the same command again to resume (finished phases and complete "
+              "checkpoints are kept)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if debug:
+            raise
+        fault = system_fault(exc)
+        if fault is not None:  # the system, not the input: exit 1
+            print(f"nxmlab: error: {fault}", file=sys.stderr)
+            return 1
+        if not isinstance(exc, (UsageError, ValueError, OSError, ImportError)):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if _is_main():  # torchrun: one line, from rank 0

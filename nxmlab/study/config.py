@@ -26,7 +26,7 @@ from .distributed import launched_world_size
 from .methods import METHODS, Method, get_method, method_label
 from .store import STORE_VERSION, RunFolder, config_hash
 
-__all__ = ["RunConfig", "NxMTrainingArguments", "RunSpec", "TRAINING_KEYS", "non_default"]
+__all__ = ["RunConfig", "NxMTrainingArguments", "RunSpec", "TRAINING_KEYS", "non_default", "load_config_file"]
 
 #: TrainingArguments fields that change results; they enter the config hash.
 TRAINING_KEYS = (
@@ -140,6 +140,52 @@ def _positive(name: str, value: Any, integer: bool = False) -> None:
         raise ValueError(f"{name} must be {'a positive integer' if integer else '> 0 and finite'}, got {value!r}")
 
 
+def load_config_file(path: str | Path) -> tuple[RunConfig, NxMTrainingArguments]:
+    """``(RunConfig, NxMTrainingArguments)`` from a JSON or YAML file of option names and values.
+
+    Every value is checked against its field's type (:func:`nxmlab.study.inputs.coerce`);
+    nothing is written.
+
+    Raises:
+        InputError: an unreadable file, a syntax error, a file that is not a mapping, an
+            unknown option or a bad value (the message names the file, the field and the value).
+    """
+    from .inputs import InputError, coerce, read_config_file
+
+    data = read_config_file(path)
+    run_names = {f.name for f in fields(RunConfig)}
+    train_names = {f.name for f in fields(NxMTrainingArguments) if f.init}
+    unknown = sorted(set(data) - run_names - train_names)
+    if unknown:
+        raise InputError(f"unknown option(s) {', '.join(unknown)} in config file {path}")
+    source = f"config file {path}"
+    cfg = coerce(RunConfig, {k: v for k, v in data.items() if k in run_names}, source)
+    values = coerce(NxMTrainingArguments, {k: v for k, v in data.items() if k not in run_names}, source)
+    try:
+        args = NxMTrainingArguments(**values)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{source}: {str(exc).strip().splitlines()[0]}") from exc
+    return RunConfig(**cfg), args
+
+
+def _check_training(args: TrainingArguments) -> None:
+    """Raise ``InputError`` for a training argument of the wrong type or out of range."""
+    from .inputs import InputError, coerce
+
+    values = {key: getattr(args, key) for key in TRAINING_KEYS if hasattr(args, key)}
+    checked = coerce(type(args), values)
+    for key, value in values.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if type(checked[key]) is not type(value) and not (number and isinstance(checked[key], float)):
+            raise InputError(f"{key} must be {type(checked[key]).__name__}, got {value!r}")
+    limits = {"weight_decay": (0.0, None), "warmup_steps": (0.0, None), "max_grad_norm": (0.0, None),
+              "adam_beta1": (0.0, 1.0), "adam_beta2": (0.0, 1.0), "adam_epsilon": (0.0, None)}
+    for key, (low, high) in limits.items():
+        value = float(getattr(args, key))
+        if value < low or (high is not None and value >= high):
+            raise InputError(f"{key} must be >= {low:g}{f' and < {high:g}' if high is not None else ''}, got {value!r}")
+
+
 def _components(spec: str) -> tuple[str, ...]:
     if spec.strip() == "all":
         return COMPONENTS
@@ -168,8 +214,16 @@ class RunSpec:
 
     @classmethod
     def parse(cls, cfg: RunConfig, args: TrainingArguments | None = None) -> RunSpec:
-        """Check every field and resolve the strings; ``ValueError`` names the first bad field."""
+        """Check every field and resolve the strings; ``ValueError`` names the first bad field.
+
+        Text values of bool and number fields are parsed strictly (:mod:`nxmlab.study.inputs`):
+        ``kd="false"`` is false, ``kd="maybe"`` an error.
+        """
+        from .inputs import coerce_dataclass
+
+        cfg = coerce_dataclass(cfg)
         args = args if args is not None else NxMTrainingArguments()
+        _check_training(args)
         task = get_task(cfg.task)
         method = get_method(cfg.method)
         if cfg.kd and not method.kd:

@@ -92,7 +92,7 @@ def load_convergence(preset: str | Preset, results_dir: str | os.PathLike[str] =
             "z_final_mask_distance": diag.get("z_final_mask_distance"),
             "prune_cost_points": diag.get("prune_cost_points"),
             "before_prune": _score(m, "before_prune"), "after_prune": _score(m, "after_prune"),
-            "score": 100 * m["score"], "train_loss": _admm_loss(folder),
+            "score": 100 * m["score"] if m["score"] is not None else float("nan"), "train_loss": _admm_loss(folder),
             "mask_dist_pretrained_magnitude": (m.get("mask_distance") or {}).get("pretrained_magnitude"),
             "converged": diag.get("converged"), "seconds": m.get("seconds"),
         })

@@ -29,6 +29,7 @@ __all__ = [
     "GLUE_HUB_ID",
     "GLUE_TASKS",
     "GlueTask",
+    "check_labels",
     "get_task",
     "glue_file",
     "load_glue",
@@ -274,7 +275,44 @@ def load_glue(
 
     if limit is not None and limit < len(ds):
         ds = ds.select(range(limit))
+    check_labels(ds, spec, split, str(path) if root is not None else f"{GLUE_HUB_ID}/{spec.name}/{split}")
     return ds
+
+
+def check_labels(dataset: Dataset, task: str | GlueTask, split: str, source: str) -> None:
+    """Raise ``ValueError`` naming ``source`` unless the ``label`` column fits the task.
+
+    Classification labels must be integer class ids in ``0..num_labels-1`` (``-1`` only in
+    test splits, which are unlabelled); STS-B labels must be finite numbers.  Text labels,
+    ids out of range and missing values are refused before anything is trained.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    spec = get_task(task)
+    if "label" not in dataset.column_names or len(dataset) == 0:
+        return  # tokenize_glue names a missing column
+    column = dataset.data.column("label")
+    kind = column.type
+    numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+    if not numeric:
+        example = next((v for v in column.to_pylist() if v is not None), None)
+        raise ValueError(f"{source}: column 'label' holds {kind} values (e.g. {example!r}); GLUE {spec.name} "
+                         + ("labels are numbers (similarity 0-5)" if spec.is_regression else
+                            f"labels are class ids 0..{spec.num_labels - 1}"))
+    if column.null_count:
+        raise ValueError(f"{source}: column 'label' has {column.null_count} missing value(s)")
+    values = column.to_numpy().astype(np.float64)
+    if spec.is_regression:
+        bad = values[~np.isfinite(values)]
+        if bad.size:
+            raise ValueError(f"{source}: column 'label' holds non-finite values (e.g. {bad[0]!r})")
+        return
+    allowed_low = -1 if split in spec.test_splits else 0
+    bad = values[(values != np.round(values)) | (values < allowed_low) | (values >= spec.num_labels)]
+    if bad.size:
+        raise ValueError(f"{source}: column 'label' holds {bad.size} value(s) outside the class ids "
+                         f"0..{spec.num_labels - 1} of GLUE {spec.name} (e.g. {bad[0]:g})")
 
 
 def tokenize_glue(

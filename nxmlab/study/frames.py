@@ -27,7 +27,7 @@ from ..targets import describe_target
 from .data import GLUE_TASKS
 from .methods import LABELS, method_label
 from .metrics import glue_score
-from .store import RunFolder, StoreVersionError, iter_runs
+from .store import DamagedFileError, RunFolder, StoreVersionError, iter_runs
 
 __all__ = [
     "SCORE_COLUMNS", "COMPARISONS", "load_scores", "load_dynamics", "load_mask_distances", "load_magnitudes",
@@ -73,9 +73,14 @@ def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _score(task: str, result: Mapping[str, Any] | None) -> float | None:
+    """The x100 score of one evaluation; NaN when a split's score is stored as missing."""
     if not result:
         return None
     return 100 * sum(glue_score(task, v) for v in result.values()) / len(result)
+
+
+def _x100(value: Any) -> float:
+    return 100 * float(value) if value is not None else float("nan")
 
 
 def load_scores(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
@@ -88,35 +93,42 @@ def load_scores(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
     the fraction of kept positions where the final mask differs from the magnitude mask of the pretrained / dense fine-tuned
     weights.  ``setting`` is the run's config as JSON without its task, seed, method and
     rho, so runs that differ in anything else are never pooled as seeds.  Runs of another
-    store version, or with unreadable files, are skipped with a warning naming them.
+    store version, or with unreadable files, are skipped with a warning naming the file;
+    ``attrs["skipped"]`` lists them as ``{run: reason}``.  A score stored as missing (an
+    undefined metric) is NaN, and ``attrs["missing"]`` holds ``{run: reason}``.
     """
-    rows = []
+    rows, skipped, missing = [], {}, {}
     for folder in iter_runs(results_dir):
         try:
             config = folder.config()
             m = folder.metrics()
-        except (StoreVersionError, ValueError) as exc:
-            logger.warning("skipping %s: %s", folder.path, exc)
+            if m is None:
+                continue
+            diag, dist = m.get("diagnostics") or {}, m.get("mask_distance") or {}
+            row = {
+                "run": folder.rel, "task": m["task"], "method": m["method"], "kd": bool(m["kd"]),
+                "label": method_label(m["method"], m["kd"]), "model": m["model"], "pattern": m.get("pattern"),
+                "rho": m.get("rho"), "seed": m["seed"], "score": _x100(m["score"]),
+                "before_prune": _score(m["task"], m["eval"].get("before_prune")),
+                "after_prune": _score(m["task"], m["eval"].get("after_prune")),
+                "rel_dist_at_prune": diag.get("rel_dist_at_prune"), "flips_last_update": diag.get("flips_last_update"),
+                "updates": diag.get("updates"),
+                "mask_dist_pretrained_magnitude": dist.get("pretrained_magnitude"),
+                "mask_dist_dense_magnitude": dist.get("dense_magnitude"),
+                "epochs": config["training"]["num_train_epochs"], "seconds": m.get("seconds"),
+                "sparsity": m.get("sparsity", {}).get("mean"), "setting": json.dumps(_flatten(config), sort_keys=True),
+                "converged": diag.get("converged"),
+            }
+        except (StoreVersionError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            reason = str(exc) if isinstance(exc, ValueError) else f"{folder.path}: unexpected content ({exc!r})"
+            logger.warning("skipping %s: %s", folder.path, reason)
+            skipped[folder.rel] = reason
             continue
-        if m is None:
-            continue
-        diag, dist = m.get("diagnostics") or {}, m.get("mask_distance") or {}
-        rows.append({
-            "run": folder.rel, "task": m["task"], "method": m["method"], "kd": bool(m["kd"]),
-            "label": method_label(m["method"], m["kd"]), "model": m["model"], "pattern": m.get("pattern"),
-            "rho": m.get("rho"), "seed": m["seed"], "score": 100 * m["score"],
-            "before_prune": _score(m["task"], m["eval"].get("before_prune")),
-            "after_prune": _score(m["task"], m["eval"].get("after_prune")),
-            "rel_dist_at_prune": diag.get("rel_dist_at_prune"), "flips_last_update": diag.get("flips_last_update"),
-            "updates": diag.get("updates"),
-            "mask_dist_pretrained_magnitude": dist.get("pretrained_magnitude"),
-            "mask_dist_dense_magnitude": dist.get("dense_magnitude"),
-            "epochs": config["training"]["num_train_epochs"], "seconds": m.get("seconds"),
-            "sparsity": m.get("sparsity", {}).get("mean"), "setting": json.dumps(_flatten(config), sort_keys=True),
-            "converged": diag.get("converged"),
-        })
+        if m["score"] is None:
+            missing[folder.rel] = (m.get("missing") or {}).get("score", "missing")
+        rows.append(row)
     frame = pd.DataFrame(rows, columns=SCORE_COLUMNS)
-    frame.attrs["results_dir"] = str(results_dir)
+    frame.attrs.update(results_dir=str(results_dir), skipped=skipped, missing=missing)
     return frame
 
 
@@ -139,7 +151,11 @@ def run_folders(scores: pd.DataFrame):
 def _per_run(scores: pd.DataFrame, name: str) -> pd.DataFrame:
     parts = []
     for row, folder in run_folders(scores):
-        frame = folder.read_frame(name)
+        try:
+            frame = folder.read_frame(name)
+        except DamagedFileError as exc:  # one damaged file never blocks the others
+            logger.warning("skipping %s", exc)
+            continue
         if frame is not None and not frame.empty:
             parts.append(frame.assign(**row._asdict()))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
@@ -240,13 +256,36 @@ def _wide(summary: pd.DataFrame, stat: str = "mean") -> pd.DataFrame:
 
 
 def glue_table(scores: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.DataFrame:
-    """The GLUE table: a row per label, a column per task and ``avg``; cells ``mean ± std`` (strings)."""
+    """The GLUE table: a row per label, a column per task and ``avg``; cells ``mean ± std`` (strings).
+
+    A run whose score is stored as missing (``NaN``) never enters a mean or the average;
+    its cell reads ``–*`` when no seed has a score, and ``attrs["footnotes"]`` gives
+    the reason (:func:`to_markdown` prints it under the table).
+    """
     summary = seed_summary(scores, tasks)
     if summary.empty:
         return pd.DataFrame()
     cell = summary.assign(cell=[f"{m:.1f}" if n == 1 else f"{m:.1f} ± {s:.1f}"
                                 for m, s, n in zip(summary["mean"], summary["std"], summary["n"], strict=True)])
-    return _wide(cell, "cell").fillna("–")
+    table = _wide(cell, "cell")
+    footnotes = []
+    unscored = scores[scores["score"].isna() & (scores["task"].isin(tasks) if tasks else True)]
+    if not unscored.empty:
+        labels = (scores["label"] + _setting_suffixes(scores)).loc[unscored.index]
+        reasons = scores.attrs.get("missing", {})
+        columns = task_order([*(c for c in table.columns if c != "avg"), *unscored["task"]])
+        table = table.reindex(index=label_order([*table.index, *labels]),
+                              columns=columns + (["avg"] if "avg" in table.columns else [])).astype(object)
+        for (label, task), group in unscored.groupby([labels, unscored["task"]], sort=True):
+            for column in (task, "avg"):
+                if column in table.columns and pd.isna(table.at[label, column]):
+                    table.at[label, column] = "–*"
+            runs = ", ".join(f"seed {r.seed}: {reasons.get(r.run, 'no score')}" for r in group.itertuples())
+            footnotes.append(f"{label} on {task}: no score ({runs}); left out of every mean and average")
+    table = table.fillna("–")
+    if footnotes:
+        table.attrs["footnotes"] = footnotes
+    return table
 
 
 def gap_table(summary: pd.DataFrame, baseline: str = "dense") -> pd.DataFrame:
@@ -324,4 +363,7 @@ def to_markdown(table: pd.DataFrame, index_name: str = "method", fmt: str | None
     header = [index_name, *map(str, table.columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
     lines += ["| " + " | ".join([str(idx), *map(str, row.tolist())]) + " |" for idx, row in table.iterrows()]
+    notes = table.attrs.get("footnotes") or []
+    if notes:  # why a cell reads "–*" (glue_table)
+        lines += ["", *(f"\\* {note}" for note in notes)]
     return "\n".join(lines) + "\n"

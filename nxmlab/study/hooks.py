@@ -25,7 +25,7 @@ from ..admm import ADMM, loss_free_run
 from ..callbacks import ADMM_STATE_FILE, ADMMCallback
 from ..nxm import nxm_mask
 from .distributed import check_replicated, is_main
-from .store import RunFolder, append_jsonl, load_masks, read_jsonl, save_masks
+from .store import RunFolder, append_jsonl, atomic_write, follow_umask, load_masks, read_jsonl, save_masks
 
 if TYPE_CHECKING:
     from .config import RunSpec
@@ -123,6 +123,7 @@ class ADMMHooks:
     def _midpoint(self, step: int) -> None:
         if is_main():  # rank 0 owns the store
             save_file(self._weights(), str(self.folder.mid_weights), metadata={"step": str(step)})
+            follow_umask(self.folder.mid_weights)
 
     def _record(self, rows: list[dict[str, Any]]) -> None:
         if not is_main():
@@ -163,7 +164,8 @@ class ADMMHooks:
         check_replicated({**{f"Z/{n}": z for n, z in self.admm.Z.items()}, **{f"U/{n}": u for n, u in self.admm.U.items()},
                           **{f"mask/{n}": m for n, m in self.admm.masks.items()}}, "ADMM states (Z, U, masks)")
         if is_main():
-            torch.save({**self.admm.state_dict(), "W": self._weights()}, self.folder.admm_state)
+            state = {**self.admm.state_dict(), "W": self._weights()}
+            atomic_write(self.folder.admm_state, lambda tmp: torch.save(state, tmp))  # never a torn file
 
     # --- at the end of the run --------------------------------------------------------
     def finish(self, final_masks: Mapping[str, torch.Tensor], final_model,

@@ -16,6 +16,7 @@ others      ``accuracy``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from nxmlab.study.data import GlueTask, get_task
 
-__all__ = ["compute_metrics_fn", "glue_metrics", "glue_score"]
+__all__ = ["compute_metrics_fn", "glue_metrics", "glue_score", "missing_reasons", "undefined_correlation"]
 
 
 def _as_class_ids(predictions: np.ndarray, num_labels: int) -> np.ndarray:
@@ -42,20 +43,58 @@ def _as_class_ids(predictions: np.ndarray, num_labels: int) -> np.ndarray:
     )
 
 
-def _correlation(kind: str, x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson/Spearman correlation, 0.0 when undefined (constant input or N < 2).
+def undefined_correlation(x: np.ndarray, y: np.ndarray) -> str | None:
+    """Why the correlation of predictions ``x`` and labels ``y`` is undefined, or ``None``."""
+    if len(x) < 2:
+        return f"undefined: a correlation needs at least 2 examples, got {len(x)}"
+    if not np.all(np.isfinite(x)):
+        return "undefined: the predictions hold NaN or Inf"
+    if np.ptp(x) == 0:
+        return "undefined: the model predicts the same value for every example"
+    if np.ptp(y) == 0:
+        return "undefined: every label is the same"
+    return None
 
-    SciPy returns NaN (with a ``ConstantInputWarning``) when either input is constant,
-    e.g. a collapsed regression head that predicts the same value for every example. We
-    return 0.0 ("no linear/rank relation") so model selection and GLUE averages stay
-    finite. Non-finite *predictions* (diverged training) are not masked: they give NaN.
+
+def _correlation(kind: str, x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson/Spearman correlation; NaN when it is undefined (:func:`undefined_correlation`).
+
+    A constant input (e.g. a collapsed regression head) or fewer than 2 examples has no
+    correlation: NaN, never a made-up 0.0.  The store records it as missing with its
+    reason, and it never enters an average.
     """
     from scipy.stats import pearsonr, spearmanr
 
-    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return 0.0
+    if undefined_correlation(x, y) is not None:
+        return float("nan")
     fn = pearsonr if kind == "pearson" else spearmanr
     return float(fn(x, y)[0])
+
+
+def missing_reasons(task: str | GlueTask, metrics: Mapping[str, Any], predictions: np.ndarray | Any = None,
+                    labels: np.ndarray | Any = None) -> dict[str, str]:
+    """``{metric: reason}`` for every metric in ``metrics`` that is not a finite number.
+
+    With the predictions and labels, an undefined STS-B correlation gets its cause
+    (:func:`undefined_correlation`); any other non-finite value is "not a number" or
+    "infinite".
+    """
+    spec = get_task(task)
+    cause = None
+    if spec.is_regression and predictions is not None and labels is not None:
+        x = np.asarray(predictions, dtype=np.float64).reshape(len(np.asarray(predictions)), -1)[:, 0]
+        cause = undefined_correlation(x, np.asarray(labels, dtype=np.float64).reshape(-1))
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            continue
+        if value is None:
+            out[key] = "missing"
+        elif key in ("pearson", "spearmanr", "score") and cause:
+            out[key] = cause
+        else:
+            out[key] = "not a number (NaN)" if isinstance(value, float) and math.isnan(value) else f"infinite ({value})"
+    return out
 
 
 def glue_metrics(
@@ -74,7 +113,8 @@ def glue_metrics(
     Returns:
         Classification: ``accuracy`` plus ``f1`` (MRPC, QQP; positive class 1) or
         ``mcc`` (CoLA). STS-B: ``pearson`` and ``spearmanr``. Always ``score`` (see the
-        module docstring). Correlations of constant inputs are reported as 0.0.
+        module docstring). An undefined correlation (constant input, fewer than 2
+        examples) is NaN, and so is the score then (:func:`missing_reasons` says why).
 
     Raises:
         ValueError: Empty input, mismatched lengths, bad shapes, or negative labels
@@ -151,7 +191,8 @@ def glue_score(task: str | GlueTask, metrics: Mapping[str, Any]) -> float:
 
     The score is recomputed from its components (``mcc``; ``pearson`` + ``spearmanr``;
     ``f1`` + ``accuracy``; ``accuracy``), each looked up as ``key`` or ``eval_key``; if a
-    component is missing, a ``score`` / ``eval_score`` entry is used instead.
+    component is missing, a ``score`` / ``eval_score`` entry is used instead.  A
+    component stored as missing (``None``) or non-finite gives NaN: no score.
 
     Args:
         task: Task name or :class:`~nxmlab.study.data.GlueTask`.
@@ -165,7 +206,7 @@ def glue_score(task: str | GlueTask, metrics: Mapping[str, Any]) -> float:
     def lookup(key: str) -> float | None:
         for k in (key, f"eval_{key}"):
             if k in metrics:
-                return float(metrics[k])
+                return float("nan") if metrics[k] is None else float(metrics[k])  # None: stored as missing
         return None
 
     parts = [lookup(k) for k in spec.score_keys]

@@ -109,11 +109,25 @@ def resolve_model(name: str | os.PathLike[str]) -> str:
     return text
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 def load_tokenizer(name: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
-    """Load the tokenizer for a model alias, folder or Hub id (``tiny``: minilm's)."""
+    """Load the tokenizer for a model alias, folder or Hub id (``tiny``: minilm's).
+
+    Raises:
+        ValueError: the tokenizer cannot be loaded; the message names the folder or id.
+    """
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model(name))
+    source = resolve_model(name)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as exc:  # noqa: BLE001 - tokenizers raise OSError, ValueError, Exception alike
+        raise ValueError(f"cannot load the tokenizer of model {os.fspath(name)!r} from {source} "
+                         f"(missing or damaged tokenizer files?): {_first_line(exc)}") from exc
 
 
 def build_tiny_model(
@@ -197,9 +211,14 @@ def load_model_and_tokenizer(
             len(tokenizer), num_labels, is_regression, seed, pad_token_id=tokenizer.pad_token_id
         )
         return model, tokenizer
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model(name), num_labels=num_labels, problem_type=problem_type
-        )
+    source = resolve_model(name)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=num_labels, problem_type=problem_type
+            )
+    except Exception as exc:  # noqa: BLE001 - OSError, SafetensorError, RuntimeError... name the folder
+        raise ValueError(f"cannot load the model {os.fspath(name)!r} from {source} (corrupt or incomplete "
+                         f"model folder?): {_first_line(exc)}") from exc
     return model.eval(), tokenizer

@@ -29,6 +29,7 @@ import pandas as pd
 
 from .frames import load_scores
 from .presets import Preset, preset_runs, resolve_preset
+from .store import DamagedFileError
 
 __all__ = ["Setup", "setup", "describe_preset", "run_study", "repo_root", "resolve_dir", "as_train"]
 
@@ -138,6 +139,12 @@ def _quiet_datasets():
             ds_logging.enable_progress_bar()
 
 
+def _score_text(metrics: dict[str, Any]) -> str:
+    if metrics["score"] is None:
+        return f"no score ({(metrics.get('missing') or {}).get('score', 'missing')})"
+    return f"score {100 * metrics['score']:.1f}"
+
+
 def run_study(preset: Preset | str, study: str | Sequence[str], results_dir: str | os.PathLike[str] | None = None,
               glue_dir: str | None = None, train: Any = False, log: Callable[[str], None] | None = print
               ) -> pd.DataFrame:
@@ -168,10 +175,15 @@ def run_study(preset: Preset | str, study: str | Sequence[str], results_dir: str
             keys.append(folder.rel)
             what = f"[{i}/{len(runs)}] {spec.task.name} {spec.label} seed {spec.seed}" + (
                 f" rho {spec.cfg.rho:g}" if "rho" in spec.method.options else "")
-            metrics = folder.metrics()
+            try:
+                metrics = folder.metrics()
+            except DamagedFileError as exc:  # reported, skipped: one damaged run never blocks the study
+                if log:
+                    log(f"{what}: DAMAGED, skipped: {exc} (retrain it with --overwrite or move it away)")
+                continue
             if metrics is not None:
                 if log:
-                    log(f"{what}: reused, score {100 * metrics['score']:.1f}")
+                    log(f"{what}: reused, {_score_text(metrics)}")
                 continue
             if not train:
                 missing += 1
@@ -183,7 +195,7 @@ def run_study(preset: Preset | str, study: str | Sequence[str], results_dir: str
             tic = time.perf_counter()
             metrics = run_experiment(spec)
             if log:
-                log(f"{what}: done in {time.perf_counter() - tic:.0f} s, score {100 * metrics['score']:.1f}")
+                log(f"{what}: done in {time.perf_counter() - tic:.0f} s, {_score_text(metrics)}")
     scores = load_scores(results_dir)
     out = scores[scores["run"].isin(set(keys))].reset_index(drop=True)
     out.attrs.update(scores.attrs)

@@ -117,6 +117,13 @@ class Preset:
     description: str = ""
 
     def __post_init__(self) -> None:
+        from .inputs import coerce
+
+        # bool and number fields typed strictly (papermill parameters may be text)
+        values = coerce(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                        source=f"preset {self.name!r}")
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
         # accept lists (papermill parameters, CLI) and keep the dataclass hashable
         for name, kind in (("tasks", str), ("seeds", int), ("methods", str), ("rho_grid", float), ("rho_tasks", str),
                            ("tuning_tasks", str), ("tuning_seeds", int), ("notebooks", str), ("patterns", str),

@@ -33,7 +33,7 @@ from ..callbacks import (
     FiniteGuard,
     FixedMaskCallback,
     NonFiniteError,
-    last_complete_checkpoint,
+    last_loadable_checkpoint,
 )
 from ..masking import apply_masks, magnitude_nxm_masks
 from ..nxm import is_nxm
@@ -43,9 +43,18 @@ from .data import load_glue, tokenize_glue
 from .distributed import check_launch, check_replicated, decide, is_main
 from .frames import mask_distance_table
 from .methods import MaskContext, Prune
-from .metrics import compute_metrics_fn, glue_score
+from .metrics import compute_metrics_fn, glue_score, missing_reasons
 from .models import load_model_and_tokenizer
-from .store import STORE_VERSION, RunFolder, StoreVersionError, config_hash, save_masks
+from .integrity import file_sha256, finite_or_none, model_folder_problem
+from .store import (
+    STORE_VERSION,
+    DamagedFileError,
+    RunFolder,
+    StoreVersionError,
+    config_hash,
+    follow_umask,
+    save_masks,
+)
 
 __all__ = ["run_experiment", "NonFiniteError"]
 
@@ -60,7 +69,12 @@ class _Run:
     def __init__(self, spec: RunSpec, callbacks: Sequence[TrainerCallback]) -> None:
         self.spec, self.folder = spec, spec.folder()
         self.extra_callbacks = list(callbacks)
-        self.state = {"phases": {}, "eval": {}}  # read from the store under the run lock (run_experiment)
+        self.state: dict[str, Any] = {"phases": {}, "eval": {}}
+
+    def use_folder(self, folder: RunFolder, state: dict[str, Any]) -> None:
+        """Write into ``folder`` (the run's own, or its staging folder under ``--overwrite``),
+        resuming from ``state`` (read by rank 0 under the run lock)."""
+        self.folder, self.state = folder, state
 
     # --- data and models ----------------------------------------------------------------
     def setup(self) -> None:
@@ -95,7 +109,15 @@ class _Run:
 
     @staticmethod
     def load_saved(folder: Path):
-        return AutoModelForSequenceClassification.from_pretrained(folder)
+        """A model saved by a phase or run; ``ValueError`` naming the folder when it is damaged."""
+        problem = model_folder_problem(folder)
+        if problem is None:
+            try:
+                return AutoModelForSequenceClassification.from_pretrained(folder)
+            except (OSError, ValueError, RuntimeError) as exc:
+                problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot load the saved model in {folder} (damaged or incomplete: {problem}); "
+                         "train that run again with --overwrite")
 
     def load_teacher(self, path: Path):
         candidates = [path / "model", RunFolder.at(path).model_dir, path]
@@ -146,12 +168,16 @@ class _Run:
         result, frames = {}, []
         for split, dataset in self.evals.items():
             out = trainer.predict(dataset, metric_key_prefix="eval")
-            result[split] = {k.removeprefix("eval_"): float(v) for k, v in out.metrics.items()
-                             if isinstance(v, (int, float)) and not k.endswith(_TIMING_KEYS)}
-            if not math.isfinite(result[split].get("loss", 0.0)):
+            raw = {k.removeprefix("eval_"): float(v) for k, v in out.metrics.items()
+                   if isinstance(v, (int, float)) and not k.endswith(_TIMING_KEYS)}
+            if not math.isfinite(raw.get("loss", 0.0)):
                 raise NonFiniteError(f"non-finite evaluation loss on {split} at '{key}' of {self.folder.path}")
             logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
             values = logits[:, 0] if self.spec.task.is_regression else logits.argmax(-1)
+            missing = missing_reasons(self.spec.task, raw, values, out.label_ids)
+            result[split], _ = finite_or_none(raw)  # an undefined metric is stored as missing, with its reason
+            if missing:
+                result[split]["missing"] = missing
             frames.append(pd.DataFrame({"split": split, "idx": self.eval_idx[split], "prediction": values}))
         if predictions and is_main():
             self.folder.write_frame(RunFolder.PREDICTIONS, pd.concat(frames, ignore_index=True))
@@ -161,6 +187,7 @@ class _Run:
         return result
 
     def score(self, result: dict[str, dict[str, float]]) -> float:
+        """The task score over the validation splits; NaN when a split has none."""
         return sum(glue_score(self.spec.task, m) for m in result.values()) / len(result)
 
     # --- phases -----------------------------------------------------------------------------
@@ -194,7 +221,8 @@ class _Run:
         # number of processes (average_tokens_across_devices). The gradient is then the mean over
         # the global batch, whatever the world size, and the ADMM penalty keeps its weight.
         trainer.model_accepts_loss_kwargs = False
-        checkpoint = decide(lambda: last_complete_checkpoint(args.output_dir))
+        # rank 0 decides; a damaged checkpoint falls back to the previous one
+        checkpoint = decide(lambda: last_loadable_checkpoint(args.output_dir))
         start_step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
         if checkpoint is not None:
             logger.info("resuming phase '%s' of %s from %s", step.name, self.folder.name, checkpoint.name)
@@ -213,6 +241,7 @@ class _Run:
             tmp = folder.with_name(f".{step.name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             model.save_pretrained(tmp)
+            follow_umask(tmp)  # safetensors writes 0600
             shutil.rmtree(folder, ignore_errors=True)
             tmp.rename(folder)
         per_epoch = (per_step * self.steps_per_epoch() if max_steps is not None
@@ -305,6 +334,7 @@ class _Run:
         else:
             shutil.copytree(folder.phase_dir(list(self.state["phases"])[-1]), tmp)
         self.tokenizer.save_pretrained(tmp)
+        follow_umask(tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
         metrics = {
@@ -313,17 +343,45 @@ class _Run:
             "task": spec.task.name, "method": spec.method.name, "kd": spec.kd, "model": spec.cfg.model,
             "seed": spec.seed, "pattern": str(spec.pattern) if spec.method.sparse else None,
             "rho": spec.cfg.rho if "rho" in spec.method.options else None,
-            "score": self.score(final), "eval": self.state["eval"], "phases": self.state["phases"],
+            "score": self.score(final), "eval": copy.deepcopy(self.state["eval"]), "phases": self.state["phases"],
             "seconds": sum(p["seconds"] for p in self.state["phases"].values()),
             "sparsity": {"mean": sum(sparsity.values()) / len(sparsity) if sparsity else 0.0, "targets": sparsity},
             "is_nxm": (not bad) if masks is not None and spec.method.rule.structured else None,
             "mask_distance": distances, "diagnostics": diagnostics,
             "dense_run": dense.rel if dense is not None else None,
         }
+        metrics, non_finite = finite_or_none(metrics)  # NaN/Inf are stored as missing, never as numbers
+        missing = {path: "not a finite number" for path in non_finite}
+        if metrics["score"] is None:
+            reasons = sorted({m.get("missing", {}).get("score", "not a finite number") for m in final.values()})
+            missing["score"] = "; ".join(reasons)
+        if missing:
+            metrics["missing"] = missing
+        metrics["checksums"] = _checksums(folder)
         folder.write_json(RunFolder.METRICS, metrics)
         shutil.rmtree(folder.cache / "phases", ignore_errors=True)  # the final model stays in model/
         shutil.rmtree(folder.cache / "checkpoints", ignore_errors=True)
         return metrics
+
+
+#: Cache files whose checksums ``metrics.json`` records (with every file of ``model/``).
+CHECKSUMMED_CACHE = ("masks.npz", "admm_state.pt", "dynamics.jsonl")
+
+
+def _checksums(folder: RunFolder) -> dict[str, dict[str, str]]:
+    """SHA-256 of every committed file but ``metrics.json`` and of the run's final cache files,
+    recorded in ``metrics.json`` for ``nxmlab verify``."""
+    run = {p.name: file_sha256(p) for p in sorted(folder.path.iterdir())
+           if p.is_file() and p.name != RunFolder.METRICS and not p.name.startswith(".")}
+    cache = {f"model/{p.name}": file_sha256(p) for p in sorted(folder.model_dir.glob("*")) if p.is_file()}
+    cache.update({name: file_sha256(folder.cache / name) for name in CHECKSUMMED_CACHE
+                  if (folder.cache / name).is_file()})
+    return {"run": run, "cache": cache}
+
+
+def _damaged(exc: DamagedFileError) -> ValueError:
+    return ValueError(f"{exc}; train that run again with --overwrite (the damaged result stays until the new one "
+                      "is finished), or move its folder away")
 
 
 def _check_writable(folder: Path) -> None:
@@ -368,9 +426,12 @@ def run_experiment(cfg: RunConfig | RunSpec, args: NxMTrainingArguments | None =
             return None
         try:
             folder.config()
+            metrics = folder.metrics()
         except StoreVersionError as exc:
             raise ValueError(str(exc)) from exc
-        return folder.metrics()
+        except DamagedFileError as exc:
+            raise _damaged(exc) from exc
+        return metrics
 
     finished = decide(reusable)
     if finished is not None:
@@ -384,32 +445,67 @@ def run_experiment(cfg: RunConfig | RunSpec, args: NxMTrainingArguments | None =
     if spec.method.needs_dense(spec):
         dense_spec = spec.dense()
         dense = dense_spec.folder()
-        if decide(lambda: dense.finished and not (dense.model_dir / "config.json").is_file()):
-            logger.info("dense run %s has no saved model (fresh clone?): training it again", dense.path)
+
+        def dense_problem() -> str | None:
+            try:
+                finished = dense.finished
+            except DamagedFileError as exc:
+                raise _damaged(exc) from exc
+            if not finished:
+                return None
+            return (model_folder_problem(dense.model_dir) if dense.model_dir.exists()
+                    else "it has no saved model (fresh clone?)")
+
+        problem = decide(dense_problem)
+        if problem:
+            logger.warning("dense run %s: %s: training it again", dense.path, problem)
             dense_spec.cfg.overwrite = True
         run_experiment(dense_spec, callbacks=callbacks)
     elif spec.method.sparse:  # not needed, but its ASP mask is a reference of the mask diagnostics when at hand
         candidate = spec.dense().folder()
-        if decide(lambda: candidate.finished and (candidate.model_dir / "config.json").is_file()):
+
+        def usable() -> bool:
+            try:
+                return candidate.finished and model_folder_problem(candidate.model_dir) is None
+            except DamagedFileError as exc:
+                logger.warning("not using the dense run as a mask reference: %s", exc)
+                return False
+
+        if decide(usable):
             dense = candidate
 
     with folder.lock() if is_main() else contextlib.nullcontext():  # rank 0 alone holds the run lock
-        def start() -> tuple[dict[str, Any] | None, dict[str, Any]]:
-            if folder.finished and not spec.cfg.overwrite:  # finished by another process meanwhile
-                return folder.metrics(), {}
-            if spec.cfg.overwrite:
-                shutil.rmtree(folder.path, ignore_errors=True)
-                shutil.rmtree(folder.cache, ignore_errors=True)
-            folder.write_json(RunFolder.CONFIG, spec.canonical())
-            return None, folder.state()
+        # --overwrite builds the new result beside the old one and swaps it in when finished
+        target = folder.staging() if spec.cfg.overwrite else folder
 
-        finished, run.state = decide(start)
+        def start() -> tuple[dict[str, Any] | None, dict[str, Any]]:
+            folder.recover()  # a finished --overwrite cut short while it moved in
+            if spec.cfg.overwrite:
+                target.discard()
+            else:
+                try:
+                    metrics = folder.metrics()
+                except DamagedFileError as exc:
+                    raise _damaged(exc) from exc
+                if metrics is not None:  # finished by another process meanwhile
+                    return metrics, {}
+            try:
+                state = target.state()
+            except DamagedFileError as exc:
+                raise _damaged(exc) from exc
+            target.write_json(RunFolder.CONFIG, spec.canonical())
+            return None, state
+
+        finished, state = decide(start)
         if finished is not None:
             return finished
+        run.use_folder(target, state)
         bars = hf_logging.is_progress_bar_enabled()  # keep Trainer's bar, not the shard-writing bars
         hf_logging.disable_progress_bar()
         try:
             metrics = run.run(dense)
+            if target is not folder and is_main():
+                folder.replace_with(target)
         finally:
             if bars:
                 hf_logging.enable_progress_bar()

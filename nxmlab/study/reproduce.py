@@ -221,6 +221,26 @@ def execute_notebook(name: str, output_dir: str | os.PathLike[str], parameters: 
     return final
 
 
+class DamagedStoreError(RuntimeError):
+    """The results store holds damaged runs; ``reproduce`` refuses to draw from it."""
+
+
+def check_store(results_dir: str | os.PathLike[str]) -> None:
+    """Raise :class:`DamagedStoreError` naming the first damaged file when ``nxmlab verify`` would fail
+    on the committed files of ``results_dir`` (a missing folder is an empty store)."""
+    from .verify import verify_results
+
+    if not Path(results_dir).is_dir():
+        return
+    failed = [c for c in verify_results(results_dir, cache=False) if c.failed]
+    if failed:
+        first = failed[0]
+        raise DamagedStoreError(
+            f"{len(failed)} damaged run(s) in {results_dir}, e.g. {first.run}/{first.problems[0]}; "
+            f"nothing was drawn. Run nxmlab verify {results_dir} for the list, then retrain them with "
+            "--overwrite or move them away")
+
+
 def reproduce(preset: Preset | str, results_dir: str | os.PathLike[str] = "results",
               figures_dir: str | os.PathLike[str] = "figures", glue_dir: str | None = None,
               notebooks: Sequence[str] | str | None = None, dry_run: bool = False,
@@ -248,9 +268,14 @@ def reproduce(preset: Preset | str, results_dir: str | os.PathLike[str] = "resul
         The executed notebooks' paths (empty for a dry run).
     """
     parameters = dict(parameters or {})
+    if "train" in parameters:
+        from .inputs import parse_bool
+
+        parameters["train"] = parse_bool("train", parameters["train"], "notebook parameters")
     overrides = {k: v for k, v in parameters.items() if k not in ("train",)}
     base = resolve_preset(preset)  # raises ValueError for an unknown preset
     resolved = base.replace(**overrides)
+    check_store(results_dir)  # never draw from damaged runs
     names = _select(notebooks or resolved.notebooks or None)
     results_dir, figures_dir = Path(results_dir).absolute(), Path(figures_dir).absolute()
     glue_dir = None if glue_dir is None else str(Path(glue_dir).expanduser().absolute())

@@ -38,6 +38,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -55,12 +56,15 @@ __all__ = [
     "CACHE_ENV",
     "RunFolder",
     "StoreVersionError",
+    "DamagedFileError",
     "atomic_write",
     "atomic_write_json",
     "append_jsonl",
     "cache_root",
     "config_hash",
+    "follow_umask",
     "iter_runs",
+    "metrics_problem",
     "load_masks",
     "mask_sample",
     "read_json",
@@ -78,6 +82,18 @@ SAMPLE_EVERY = 64
 
 class StoreVersionError(ValueError):
     """A run folder written by another store version."""
+
+
+class DamagedFileError(ValueError):
+    """A store file that exists but cannot be read or does not hold what it should.
+
+    ``path`` names the file and ``reason`` says what is wrong; the message holds both.
+    Readers of many runs catch it, report the file and go on with the other runs.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"damaged file {path}: {reason}")
 
 
 # ----------------------------------------------------------------------------- files
@@ -115,17 +131,44 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | Callable[[Path], No
         raise
 
 
+def follow_umask(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` (a file, or a folder and everything in it) the permissions of the process
+    umask: files ``0o666 & ~umask``, folders ``0o777 & ~umask``.  Some writers (safetensors,
+    ``tempfile``) make files 0600, which other members of a group sharing a store cannot read.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    path = Path(path)
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+    """Write ``obj`` as indented JSON, atomically; NaN and infinities are refused (``ValueError``):
+    store a missing value as ``None`` (:func:`finite_or_none`)."""
+    atomic_write(path, (json.dumps(obj, indent=2, default=str, allow_nan=False) + "\n").encode())
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"holds the non-finite number {name}")
 
 
 def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
-    """Read a JSON file, or return ``default`` when it does not exist."""
+    """Read a JSON file, or return ``default`` when it does not exist.
+
+    Raises:
+        DamagedFileError: the file is not valid JSON (e.g. truncated), or holds NaN or an
+            infinity (nxmlab never writes them); the message names the file.
+    """
     path = Path(path)
     if not path.exists():
         return default
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_bytes().decode(), parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise DamagedFileError(path, f"not valid JSON ({exc})") from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DamagedFileError(path, str(exc)) from exc
 
 
 def append_jsonl(path: str | os.PathLike[str], records: list[Mapping[str, Any]]) -> None:
@@ -295,8 +338,11 @@ class RunFolder:
 
     # --- reading ----------------------------------------------------------------------
     def config(self) -> dict[str, Any] | None:
-        """``config.json``, or ``None``; raises :class:`StoreVersionError` for another store version."""
+        """``config.json``, or ``None``; raises :class:`StoreVersionError` for another store version
+        and :class:`DamagedFileError` for a file that is not a JSON object."""
         config = read_json(self.file(self.CONFIG))
+        if config is not None and not isinstance(config, dict):
+            raise DamagedFileError(self.file(self.CONFIG), f"not a JSON object (holds {type(config).__name__})")
         if config is not None and config.get("store_version") != STORE_VERSION:
             raise StoreVersionError(
                 f"{self.path} was written by store version {config.get('store_version')}, and this nxmlab "
@@ -304,9 +350,24 @@ class RunFolder:
         return config
 
     def metrics(self) -> dict[str, Any] | None:
-        """``metrics.json`` of a finished run, else ``None``."""
-        metrics = read_json(self.file(self.METRICS))
-        return metrics if metrics and metrics.get("status") == "finished" else None
+        """``metrics.json`` of a finished run, else ``None``.
+
+        Raises:
+            DamagedFileError: the file exists but is not valid JSON or lacks a field every
+                finished run records (:func:`metrics_problem`).
+        """
+        path = self.file(self.METRICS)
+        metrics = read_json(path)
+        if metrics is None:
+            return None
+        if not isinstance(metrics, dict):
+            raise DamagedFileError(path, f"not a JSON object (holds {type(metrics).__name__})")
+        if metrics.get("status") != "finished":
+            return None
+        problem = metrics_problem(metrics)
+        if problem:
+            raise DamagedFileError(path, problem)
+        return metrics
 
     @property
     def finished(self) -> bool:
@@ -314,26 +375,42 @@ class RunFolder:
         return self.metrics() is not None
 
     def state(self) -> dict[str, Any]:
-        return read_json(self.file(self.STATE), {"phases": {}, "eval": {}})
+        """``state.json`` (progress), or an empty state; :class:`DamagedFileError` if unreadable."""
+        path = self.file(self.STATE)
+        state = read_json(path, {"phases": {}, "eval": {}})
+        if not (isinstance(state, dict) and isinstance(state.get("phases"), dict)
+                and isinstance(state.get("eval"), dict)):
+            raise DamagedFileError(path, "not a JSON object with 'phases' and 'eval'")
+        return state
 
     def read_frame(self, name: str) -> pd.DataFrame | None:
-        """A committed parquet frame of the run, or ``None`` when the run has none."""
+        """A committed parquet frame of the run, or ``None`` when the run has none;
+        :class:`DamagedFileError` when the file cannot be read."""
         path = self.file(name)
-        return pd.read_parquet(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return pd.read_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a damaged file
+            raise DamagedFileError(path, f"not a readable parquet file ({str(exc).splitlines()[0]})") from exc
 
     def mask_sample(self) -> dict[str, dict[str, torch.Tensor]]:
-        """``{set name: {target: sampled bool mask}}`` from ``mask_sample.npz`` (empty if none)."""
+        """``{set name: {target: sampled bool mask}}`` from ``mask_sample.npz`` (empty if none);
+        :class:`DamagedFileError` when the archive cannot be read."""
         path = self.file(self.MASK_SAMPLE)
         if not path.is_file():
             return {}
         out: dict[str, dict[str, torch.Tensor]] = {}
-        with np.load(path) as data:
-            for key in data.files:
-                if key.endswith("/size"):
-                    continue
-                group, name = key.split("/", 1)
-                size = int(data[f"{key}/size"])
-                out.setdefault(group, {})[name] = unpack_mask(torch.from_numpy(data[key]), (size,))
+        try:
+            with np.load(path) as data:
+                for key in data.files:
+                    if key.endswith("/size"):
+                        continue
+                    group, name = key.split("/", 1)
+                    size = int(data[f"{key}/size"])
+                    out.setdefault(group, {})[name] = unpack_mask(torch.from_numpy(data[key]), (size,))
+        except Exception as exc:  # noqa: BLE001 - zipfile, zlib and numpy errors alike
+            raise DamagedFileError(path, f"not a readable mask archive ({str(exc).splitlines()[0]})") from exc
         return out
 
     # --- writing ----------------------------------------------------------------------
@@ -359,6 +436,53 @@ class RunFolder:
     def append_log(self, records: list[Mapping[str, Any]]) -> None:
         append_jsonl(self.file(self.LOG), records)
 
+    # --- replacing a run (train --overwrite) -------------------------------------------
+    def staging(self) -> RunFolder:
+        """Where ``--overwrite`` builds the new result: ``.<name>.new`` beside the run and its cache."""
+        return RunFolder(self.results_dir, self.task, f".{self.name}.new")
+
+    def _trash(self) -> RunFolder:
+        return RunFolder(self.results_dir, self.task, f".{self.name}.old")
+
+    def discard(self) -> None:
+        """Delete the run's committed and cache folders."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        shutil.rmtree(self.cache, ignore_errors=True)
+
+    def replace_with(self, new: RunFolder) -> None:
+        """Move the finished run ``new`` (:meth:`staging`) into this run's place.
+
+        The cache moves first and the committed folder last (its ``metrics.json`` says
+        "finished"); each move is a rename, the old folders go to ``.<name>.old`` and are
+        deleted after.  A kill in between leaves a state :meth:`recover` completes, and at
+        no point is there neither the old nor the new finished result.
+        """
+        trash = self._trash()
+        for attr in ("cache", "path"):
+            src, dst, old = getattr(new, attr), getattr(self, attr), getattr(trash, attr)
+            if not src.exists():  # moved before a kill
+                continue
+            shutil.rmtree(old, ignore_errors=True)
+            if dst.exists():
+                os.replace(dst, old)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+        trash.discard()
+
+    def recover(self) -> None:
+        """Complete a :meth:`replace_with` cut short by a kill (a finished staged run moves in)."""
+        new = self.staging()
+        if new.path.is_dir() and new.file(self.METRICS).is_file():
+            try:
+                finished = new.metrics() is not None
+            except DamagedFileError:
+                finished = False
+            if finished:
+                self.replace_with(new)
+                return
+        if self.path.is_dir():
+            self._trash().discard()
+
     def lock(self):
         """An exclusive ``filelock`` lock of this run across processes (in the cache)."""
         from filelock import FileLock
@@ -372,4 +496,22 @@ def iter_runs(results_dir: str | os.PathLike[str]) -> Iterator[RunFolder]:
     root = Path(results_dir)
     if not root.is_dir():
         return iter(())
-    return iter(RunFolder.at(p.parent) for p in sorted(root.glob(f"*/*/{RunFolder.CONFIG}")))
+    return iter(RunFolder.at(p.parent) for p in sorted(root.glob(f"*/*/{RunFolder.CONFIG}"))
+                if not p.parent.name.startswith(".") and not p.parent.parent.name.startswith("."))
+
+
+def metrics_problem(metrics: Mapping[str, Any]) -> str | None:
+    """What a finished run's ``metrics.json`` lacks, or ``None`` (the fields every reader needs)."""
+    expected = {"task": str, "method": str, "model": str, "kd": bool, "seed": int, "eval": dict}
+    for key, kind in expected.items():
+        if not isinstance(metrics.get(key), kind) or (kind is int and isinstance(metrics.get(key), bool)):
+            return f"field {key!r} is missing or not a {kind.__name__} (got {metrics.get(key)!r})"
+    score = metrics.get("score", "absent")
+    if score is None:
+        if not (metrics.get("missing") or {}).get("score"):
+            return "score is null without a recorded reason"
+    elif isinstance(score, bool) or not isinstance(score, (int, float)):
+        return f"score is not a number: {score!r}"
+    if "final" not in metrics["eval"]:
+        return "no final evaluation"
+    return None

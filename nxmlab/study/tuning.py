@@ -34,7 +34,7 @@ def load_tuning(preset: str | Preset, results_dir: str | os.PathLike[str] = "res
             continue
         grid = dict(point)
         rows.append({"task": task, "learning_rate": grid["learning_rate"], "epochs": grid["num_train_epochs"],
-                     "seed": seed, "score": 100 * metrics["score"], "run": folder.rel})
+                     "seed": seed, "score": 100 * metrics["score"] if metrics["score"] is not None else float("nan"), "run": folder.rel})
     return pd.DataFrame(rows, columns=["task", "learning_rate", "epochs", "seed", "score", "run"])
 
 
