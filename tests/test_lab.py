@@ -35,7 +35,7 @@ def test_as_train_reads_explicit_values(value, expected):
 
 @pytest.mark.parametrize("value", ["maybe", "nope", 2, 0.5, [], "y e s"])
 def test_as_train_refuses_anything_else(value):
-    with pytest.raises(ValueError, match="train must be True or False"):
+    with pytest.raises(ValueError, match="train must be true or false"):
         notebook.as_train(value)
 
 
@@ -59,7 +59,7 @@ def test_setup_resolves_the_parameters_and_says_what_it_will_do(tmp_path, monkey
     assert f"results: {REPO / 'results'}" in out and f"figures: {tmp_path / 'f'}" in out
     assert "train=False: missing runs are listed with the plan to train them, never trained" in out
     assert notebook.setup("smoke", train=True).train is True
-    with pytest.raises(ValueError, match="train must be True or False"):
+    with pytest.raises(ValueError, match="train must be true or false"):
         notebook.setup("smoke", train="maybe")
 
 

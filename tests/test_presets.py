@@ -176,7 +176,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatc
 
 def test_plan_counts_finished_runs(tmp_path):
     folder = preset_runs("smoke", "table", str(tmp_path))[0].folder()
-    atomic_write_json(folder.file(folder.METRICS), {"status": "finished"})
+    atomic_write_json(folder.file(folder.METRICS), {  # the fields every reader of a finished record needs
+        "status": "finished", "task": "rte", "method": "dense", "model": "tiny", "kd": False, "seed": 42,
+        "score": 0.5, "eval": {"final": {"validation": {"accuracy": 0.5}}}})
     run_dir = folder.path
     steps = {s["notebook"]: s for s in plan("smoke", tmp_path)}
     assert steps["glue_table"]["finished"] == 1 and steps["glue_table"]["new"] == 11

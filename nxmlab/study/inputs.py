@@ -30,8 +30,8 @@ __all__ = ["InputError", "parse_bool", "parse_number", "coerce", "coerce_datacla
            "TRUE_WORDS", "FALSE_WORDS"]
 
 #: Text read as true / false (case-insensitive); the words ``HfArgumentParser`` accepts.
-TRUE_WORDS = ("true", "yes", "t", "y", "1")
-FALSE_WORDS = ("false", "no", "f", "n", "0")
+TRUE_WORDS = ("true", "yes", "on", "t", "y", "1")
+FALSE_WORDS = ("false", "no", "off", "f", "n", "0")
 
 
 class InputError(ValueError):

@@ -33,10 +33,6 @@ from .store import DamagedFileError
 
 __all__ = ["Setup", "setup", "describe_preset", "run_study", "repo_root", "resolve_dir", "as_train"]
 
-_TRUE = frozenset({"true", "yes", "on", "1"})
-_FALSE = frozenset({"false", "no", "off", "0", "none", ""})
-
-
 def repo_root() -> Path | None:
     """The source checkout this nxmlab is imported from, or ``None`` for an installed package."""
     root = Path(__file__).resolve().parents[2]
@@ -57,15 +53,17 @@ def resolve_dir(value: str | os.PathLike[str] | None, default: str) -> Path:
 
 
 def as_train(value: Any) -> bool:
-    """The ``train`` parameter as a bool: ``True``/``False`` (or ``1``/``0``), ``None`` (False)
-    or a string such as ``"true"``/``"no"``; anything else is an error, never a truthy True."""
-    if isinstance(value, bool) or value is None:
-        return bool(value)
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ValueError(f"train must be True or False, not {value!r}")
+    """The ``train`` parameter as a bool, read strictly by :func:`~nxmlab.study.inputs.parse_bool`
+    (``True``/``False``, ``1``/``0``, ``"yes"``/``"no"`` ...); ``None`` and ``"none"`` are False.
+
+    Raises:
+        InputError: anything else (e.g. ``"maybe"``), never a truthy True.
+    """
+    from .inputs import parse_bool
+
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "")):
+        return False
+    return parse_bool("train", value, "notebook parameters")
 
 
 class Setup(NamedTuple):
