@@ -1,0 +1,104 @@
+"""Train a queue of preset studies in the background, resuming, and commit each finished run.
+
+The long studies (``baselines``, ``cpu`` with its tuning sweep, ``convergence``) take
+many hours on 2 cores, longer than a working session.  This runner trains every
+unfinished run of the given ``PRESET:STUDY[,STUDY]`` items, in order, skipping the
+finished ones, so restarting it after an interruption goes on where it stopped (a run
+cut short resumes from its last complete checkpoint).  With ``--commit`` it commits
+each newly finished run folder on its own (``git add`` + ``git commit`` of that folder
+only), so that a session that ends mid-queue loses at most the run in progress.
+
+Usage::
+
+    nohup setsid .venv/bin/python scripts/study_runner.py --commit \\
+        baselines:table baselines:patterns cpu:tuning convergence:convergence,rho > runner.log 2>&1 &
+    .venv/bin/python scripts/study_runner.py --dry-run cpu:tuning     # the queue, nothing trained
+
+Within ``STUDY`` ``tuning``, runs go seed by seed, cheap tasks first (RTE, the slowest,
+last), so that a partial sweep already holds one seed of every task.  A run that fails
+is logged and skipped (the queue goes on); the exit status is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TUNING_TASK_ORDER = {"mrpc": 0, "stsb": 1, "cola": 2, "rte": 3}
+
+
+def queue(items: list[str], results_dir: str) -> list:
+    """The unfinished runs of ``items`` (``PRESET:STUDY[,STUDY]``), deduplicated, in order."""
+    from nxmlab.study.presets import preset_runs
+
+    runs, seen = [], set()
+    for item in items:
+        preset, _, studies = item.partition(":")
+        names = [s for s in studies.split(",") if s] or ["table"]
+        specs = preset_runs(preset, names, results_dir)
+        if "tuning" in names:
+            specs = sorted(specs, key=lambda s: (s.args.seed, TUNING_TASK_ORDER.get(s.task.name, 9),
+                                                 s.args.num_train_epochs, s.args.learning_rate))
+        for spec in specs:
+            folder = spec.folder()
+            if str(folder.path) in seen or folder.finished:
+                continue
+            seen.add(str(folder.path))
+            runs.append(spec)
+    return runs
+
+
+def commit(path: Path) -> None:
+    """Commit one finished run folder, and nothing else."""
+    subprocess.run(["git", "add", "--", str(path)], check=True)
+    subprocess.run(["git", "commit", "-q", "-m", f"results: {path}", "--", str(path)], check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("items", nargs="+", help="PRESET:STUDY[,STUDY], e.g. cpu:tuning")
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--commit", action="store_true", help="git-commit each finished run folder")
+    parser.add_argument("--dry-run", action="store_true", help="print the queue and exit")
+    ns = parser.parse_args(argv)
+
+    from nxmlab.study.presets import PRESETS
+    from nxmlab.study.recipe import run_experiment
+
+    for item in ns.items:
+        if item.partition(":")[0] not in PRESETS:
+            print(f"study_runner: error: unknown preset in {item!r} (known: {', '.join(sorted(PRESETS))})",
+                  file=sys.stderr)
+            return 2
+    runs = queue(ns.items, ns.results_dir)
+    print(f"=== {len(runs)} runs to do", flush=True)
+    if ns.dry_run:
+        for spec in runs:
+            print(f"    {spec.folder().path}")
+        return 0
+    failed = 0
+    for i, spec in enumerate(runs, 1):
+        path = spec.folder().path
+        print(f"=== [{i}/{len(runs)}] {path} {time.strftime('%H:%M:%S')}", flush=True)
+        tic = time.time()
+        try:
+            run_experiment(spec)
+        except Exception as exc:  # noqa: BLE001 - logged, the queue goes on
+            failed += 1
+            print(f"=== FAILED {path}: {type(exc).__name__}: {exc}", flush=True)
+            continue
+        print(f"=== done {path} {time.time() - tic:.0f}s", flush=True)
+        if ns.commit and os.path.isdir(path):
+            try:
+                commit(Path(path))
+            except subprocess.CalledProcessError as exc:  # e.g. a concurrent git command held the index lock
+                print(f"=== not committed {path}: {exc}; commit it by hand", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
