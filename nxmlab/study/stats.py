@@ -57,6 +57,8 @@ COMPARISONS: tuple[Comparison, ...] = (
     Comparison("KD gain: admm", "admm+kd", "admm", "KD is complementary to ADMM"),
     Comparison("KD gain: sr-ste", "sr-ste+kd", "sr-ste", "KD adds to SR-STE"),
     Comparison("sr-ste - admm", "sr-ste", "admm", ""),
+    Comparison("wanda - magnitude", "wanda", "magnitude", ""),  # the one-shot baselines against ASP (issue #13)
+    Comparison("sparsegpt - magnitude", "sparsegpt", "magnitude", ""),
 )
 
 #: How a confidence interval of ``a - b`` reads as an answer to "is a better than b?".
