@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..nxm import NxM
+from .frames import label_order
 from .plots import _empty, _subplots
 
 __all__ = ["density_frame", "plot_density"]
@@ -36,9 +37,9 @@ def plot_density(frame: pd.DataFrame, dense: pd.DataFrame | None = None):
     if not tasks:
         _empty(axes[0], "no finished runs of the n:m sweep")
         return fig
-    labels = list(dict.fromkeys(frame["label"]))
+    labels = label_order(frame["label"])
     patterns = sorted(dict.fromkeys(frame["pattern"]), key=lambda p: (NxM.parse(p).n, -NxM.parse(p).m))
-    colors = dict(zip(labels, sns.color_palette("colorblind", len(labels)), strict=False))
+    colors = _colors(labels)
     markers = dict(zip(patterns, _MARKERS, strict=False))
     for ax, task in zip(axes, tasks, strict=True):
         part = frame[frame["task"] == task]
@@ -56,9 +57,29 @@ def plot_density(frame: pd.DataFrame, dense: pd.DataFrame | None = None):
         ax.set_title(task)
         ax.set_xlabel("density (kept fraction m/n)")
         ax.set_ylabel("validation score (x100)")
-    handles = [axes[0].plot([], [], ls="none", marker=markers[p], color="0.3")[0] for p in patterns]
-    first = axes[0].legend(title="method", fontsize=7, title_fontsize=7, loc="lower right")
-    axes[0].add_artist(first)
+    # both legends outside the panels, right of the last one: inside they hid points
+    handles = [axes[-1].plot([], [], ls="none", marker=markers[p], color="0.3")[0] for p in patterns]
+    entries = {}  # every method of every panel, once
+    for ax in axes:
+        for line, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(name, line)
+    lines, names = list(entries.values()), list(entries)
+    first = axes[-1].legend(lines, names, title="method", fontsize=7, title_fontsize=7, loc="upper left",
+                            bbox_to_anchor=(1.02, 1.0))
+    axes[-1].add_artist(first)
     axes[-1].legend(handles, [f"{p} (keep {NxM.parse(p).m} of {NxM.parse(p).n})" for p in patterns],
-                    title="pattern", fontsize=7, title_fontsize=7, loc="lower left")
+                    title="pattern", fontsize=7, title_fontsize=7, loc="lower left", bbox_to_anchor=(1.02, 0.0))
     return fig
+
+
+def _colors(labels) -> dict:
+    """One colour per base method, in registry order (``+kd`` shares its method's), so that a
+    method has the same colour here as in the baselines' GLUE table."""
+    import seaborn as sns
+
+    from .frames import LABELS
+
+    bases = list(dict.fromkeys(lb.removesuffix("+kd") for lb in LABELS()))
+    palette = sns.color_palette("colorblind", len(bases))
+    return {lb: palette[bases.index(lb.removesuffix("+kd"))] if lb.removesuffix("+kd") in bases
+            else palette[len(bases) % len(palette)] for lb in labels}
