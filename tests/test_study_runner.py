@@ -1,0 +1,46 @@
+"""scripts/study_runner.py: the background queue of preset studies (no training here)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def runner():
+    spec = importlib.util.spec_from_file_location("study_runner", REPO / "scripts" / "study_runner.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tuning_goes_seed_by_seed_with_rte_last(runner, tmp_path):
+    runs = runner.queue(["cpu:tuning"], str(tmp_path))
+    assert len(runs) == 48
+    keys = [(s.args.seed, s.task.name) for s in runs]
+    assert [seed for seed, _ in keys] == sorted(seed for seed, _ in keys)  # seed 42 of every task first
+    first_seed = [task for seed, task in keys if seed == keys[0][0]]
+    assert first_seed[-1] == "rte" and first_seed[0] == "mrpc"
+    assert set(first_seed) == {"mrpc", "stsb", "cola", "rte"}
+
+
+def test_queue_skips_finished_runs_and_shared_ones(runner, tmp_path):
+    both = runner.queue(["smoke:table", "smoke:table,rho"], str(tmp_path))
+    names = [str(s.folder().path) for s in both]
+    assert len(names) == len(set(names))  # a run shared by two items is queued once
+    finished = both[0].folder()
+    finished.path.mkdir(parents=True)
+    (finished.path / "metrics.json").write_text(
+        '{"status": "finished", "task": "rte", "method": "dense", "model": "tiny", "kd": false, "seed": 42, '
+        '"score": 0.5, "eval": {"final": {"validation": {"accuracy": 0.5}}}}\n')
+    again = [str(s.folder().path) for s in runner.queue(["smoke:table", "smoke:table,rho"], str(tmp_path))]
+    assert again == names[1:]
+
+
+def test_unknown_preset_is_exit_2(runner, capsys):
+    assert runner.main(["--dry-run", "nope:table"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
