@@ -6,10 +6,12 @@ trained once (by the first notebook, glue_table) and reused by the others, as in
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from nxmlab.study.reproduce import NOTEBOOKS, execute_notebook, notebook_dir, reproduce, venv_kernel
@@ -133,3 +135,31 @@ def test_reproduce_reuses_finished_runs(smoke):
     assert "total: nothing to train, every run is finished" in "\n".join(lines)
     assert {p: p.stat().st_mtime_ns for p in results.rglob("metrics.json")} == stamps
     assert (root / "figures2" / "glue_table.png").exists()
+
+
+def test_seeds_are_replicates_in_the_table_dynamics_and_mask_notebooks(smoke, tmp_path):
+    """The notebooks the powered study draws (issue #14) on two seeds: means over seeds, paired
+    intervals pooling both seeds, and the seed comparison of the masks."""
+    root, params, kernel = smoke
+    store = tmp_path / "store"
+    store.mkdir()
+    for name in ("results", ".nxmlab-cache"):  # seed 42 is reused, seed 43 is trained
+        if (root / name).exists():
+            shutil.copytree(root / name, store / name)
+    params = {**params, "results_dir": str(store / "results"), "figures_dir": str(tmp_path / "figures"),
+              "tasks": ["rte"], "seeds": [42, 43], "methods": ["dense", "magnitude", "admm"]}
+    texts = {}
+    for name in ("glue_table", "sparsity_dynamics", "mask_distance"):
+        path = execute_notebook(name, tmp_path / "executed", params, kernel, progress_bar=False)
+        texts[name] = _outputs(nbformat.read(path, as_version=4))
+        assert "Traceback" not in texts[name]
+    figures = tmp_path / "figures"
+    table = pd.read_csv(figures / "glue_table.csv")
+    assert set(table["n"]) == {2}  # every cell is a mean over the two seeds
+    paired = pd.read_csv(figures / "paired_differences.csv")
+    row = paired[(paired["comparison"] == "admm - magnitude") & (paired["task"] == "rte")].iloc[0]
+    assert row["n_seeds"] == 2 and str(row["seeds"]) in ("42,43", "42, 43")
+    assert (figures / "mask_distance_seeds.png").stat().st_size > 0
+    assert "skipped: the preset has" not in texts["mask_distance"]
+    for figure in FIGURES["sparsity_dynamics"]:
+        assert (figures / f"{figure}.png").stat().st_size > 0
