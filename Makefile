@@ -14,7 +14,7 @@ ifeq ($(origin NXMLAB_GLUE_DIR), undefined)
   endif
 endif
 
-.PHONY: install test reproduce lab test-lab bench clean
+.PHONY: install test reproduce figures lab test-lab bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ test: $(VENV)/.installed
 
 reproduce: $(VENV)/.installed
 	$(VENV)/bin/nxmlab reproduce --preset quick
+
+# Every committed figure and executed notebook, redrawn from results/ alone (never trains):
+# quick and convergence into figures/, baselines into figures/baselines/.
+figures: $(VENV)/.installed
+	$(VENV)/bin/nxmlab reproduce --preset quick --no-train --quiet --output-dir notebooks/executed
+	$(VENV)/bin/nxmlab reproduce --preset convergence --no-train --quiet --output-dir notebooks/executed
+	$(VENV)/bin/nxmlab reproduce --preset baselines --no-train --quiet --output-dir notebooks/executed \
+		--figures-dir figures/baselines
 
 # JupyterLab on LAB_DIR, with this .venv registered as the `nxmlab` kernel the notebooks name.
 # LAB_ARGS adds options: make lab LAB_ARGS="--no-browser --port 8899"; root gets --allow-root.
