@@ -91,6 +91,8 @@ def test_notebook_runs_and_writes_its_figures(smoke, name):
         assert text.count(": training ...") == {"nm_sweep": 2, "rho_analysis": 2, "convergence": 1}.get(name, 0)
     if name == "nm_sweep":  # 4:2 reused from the table, 8:2 trained; unstructured once per density
         assert "magnitude" in text and "unstructured" in text and "8:2" in text
+        diffs = (figures / "nm_differences.md").read_text()  # each pattern against unstructured at its density
+        assert "| magnitude 4:2 - unstructured 50% | rte |" in diffs and "| magnitude 8:2 - unstructured 25% | rte |" in diffs
     if name == "convergence":
         assert "chosen:" in text
     if name == "rho_analysis":

@@ -379,3 +379,36 @@ def test_density_frame_and_figure_of_the_pattern_sweep():
     fig = plot_density(frame, scores[scores["label"] == "dense"])
     assert len(fig.axes) == 1
     assert plot_density(density_frame(scores.iloc[0:0])) is not None  # empty: a note, no error
+
+
+def test_pattern_comparisons_pair_longer_groups_and_the_unstructured_reference(tmp_path):
+    import pandas as pd
+
+    from nxmlab.study.statplots import write_differences
+    from nxmlab.study.sweepplots import pattern_comparisons
+
+    scores = pd.DataFrame({
+        "task": ["mrpc"] * 7,
+        "label": ["magnitude", "magnitude", "magnitude", "admm", "unstructured", "unstructured", "dense"],
+        "pattern": ["4:2", "8:4", "4:1", "4:2", "4:2", "4:1", None], "seed": [42] * 7,
+        "run": [f"mrpc/r{i}" for i in range(7)], "score": [70.0, 71.0, 60.0, 69.0, 72.0, 61.0, 80.0]})
+    runs, comps = pattern_comparisons(scores)
+    assert "dense" not in set(runs["label"])
+    assert list(runs["label"]) == ["magnitude 4:2", "magnitude 8:4", "magnitude 4:1", "admm 4:2",
+                                   "unstructured 50%", "unstructured 25%"]
+    assert list(runs["run"]) == [f"mrpc/r{i}" for i in range(6)]  # the runs themselves are unchanged
+    names = [c.name for c in comps]
+    # a longer group only against the shorter one of the same method and density ...
+    assert names[0] == "magnitude 8:4 - magnitude 4:2"
+    assert not any(n.startswith("admm 8:4") or "4:1 - magnitude" in n for n in names)
+    # ... then every n:m run against the unstructured reference at its own density
+    assert set(names[1:]) == {"magnitude 4:2 - unstructured 50%", "magnitude 8:4 - unstructured 50%",
+                              "magnitude 4:1 - unstructured 25%", "admm 4:2 - unstructured 50%"}
+    assert pattern_comparisons(scores.iloc[0:0])[1] == ()
+    diffs = pd.DataFrame([["magnitude 8:4 - magnitude 4:2", "magnitude 8:4", "magnitude 4:2", "mrpc", "mrpc",
+                           "42", 1, 1.0, -0.5, 2.5, "unresolved"]],
+                         columns=["comparison", "a", "b", "task", "tasks", "seeds", "n_seeds", "diff", "ci_low",
+                                  "ci_high", "verdict"])
+    written = write_differences(diffs, tmp_path, name="nm_differences")
+    assert [p.name for p in written] == ["nm_differences.csv", "nm_differences.md"]
+    assert "| magnitude 8:4 - magnitude 4:2 | mrpc | 1 | +1.00 | [-0.50, +2.50] | unresolved |" in written[1].read_text()

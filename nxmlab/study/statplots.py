@@ -52,11 +52,13 @@ def format_verdicts(diffs: pd.DataFrame) -> str:
     return "\n".join(out) if out else "no paired runs to compare"
 
 
-def write_differences(diffs: pd.DataFrame, figures_dir: str | os.PathLike[str] = "figures") -> list[Path]:
-    """Write ``paired_differences.csv`` (the frame, 4 decimals) and ``paired_differences.md``."""
+def write_differences(diffs: pd.DataFrame, figures_dir: str | os.PathLike[str] = "figures",
+                      name: str = "paired_differences") -> list[Path]:
+    """Write ``<name>.csv`` (the frame, 4 decimals) and ``<name>.md`` (with the verdicts);
+    ``name`` defaults to ``paired_differences`` (the n:m sweep writes ``nm_differences``)."""
     folder = Path(figures_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    csv, md = folder / "paired_differences.csv", folder / "paired_differences.md"
+    csv, md = folder / f"{name}.csv", folder / f"{name}.md"
     diffs.to_csv(csv, index=False, float_format="%.4f")
     lines = ["# Paired differences (points x100, a - b)\n",
              "Paired bootstrap: validation examples resampled within each seed, seeds pooled "

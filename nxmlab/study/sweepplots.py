@@ -6,9 +6,11 @@ import pandas as pd
 
 from ..nxm import NxM
 from .frames import label_order
+from .methods import parse_label
 from .plots import _empty, _subplots
+from .stats import Comparison
 
-__all__ = ["density_frame", "plot_density"]
+__all__ = ["density_frame", "plot_density", "pattern_comparisons"]
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
@@ -23,6 +25,51 @@ def density_frame(scores: pd.DataFrame) -> pd.DataFrame:
            .rename(columns={"count": "n"}).reset_index())
     out["density"] = [NxM.parse(p).density for p in out["pattern"]]
     return out.sort_values(["task", "label", "density", "pattern"]).reset_index(drop=True)[columns]
+
+
+def _pattern_label(label: str, pattern: str) -> str:
+    """``"magnitude 8:4"`` for an n:m rule, ``"unstructured 50%"`` for a rule that only keeps a density."""
+    if parse_label(label)[0].rule.structured:
+        return f"{label} {pattern}"
+    return f"{label} {NxM.parse(pattern).density:.0%}"
+
+
+def pattern_comparisons(scores: pd.DataFrame) -> tuple[pd.DataFrame, tuple[Comparison, ...]]:
+    """The sweep's runs relabelled by pattern, and the paired comparisons between patterns.
+
+    Args:
+        scores: The ``patterns`` study's runs (:func:`nxmlab.study.notebook.run_study`).
+
+    Returns:
+        ``(runs, comparisons)``: the sparse runs with ``label`` set to ``"<label> <n:m>"``
+        (``"<label> <density>"`` for a rule that is not n:m, e.g. ``unstructured 50%``),
+        ready for :func:`nxmlab.study.stats.paired_bootstrap`; and, for every n:m method,
+        (1) each longer group against the shorter one at the same density (``magnitude 8:4
+        - magnitude 4:2``: what a longer group buys), then (2) each pattern against the
+        unstructured rule at its density (``magnitude 4:2 - unstructured 50%``: what the
+        structure costs).
+    """
+    sparse = scores[scores["pattern"].notna()].copy() if not scores.empty else scores.copy()
+    if sparse.empty:
+        return sparse, ()
+    sparse["label"] = [_pattern_label(lb, p) for lb, p in zip(sparse["label"], sparse["pattern"], strict=True)]
+    kinds = {}  # label -> (base label, structured, pattern)
+    for lb, p, new in zip(scores.loc[sparse.index, "label"], sparse["pattern"], sparse["label"], strict=True):
+        kinds[new] = (lb, parse_label(lb)[0].rule.structured, NxM.parse(p))
+    present = list(dict.fromkeys(sparse["label"]))
+    structured = [lb for lb in present if kinds[lb][1]]
+    references = [lb for lb in present if not kinds[lb][1]]
+    longer, against = [], []
+    for a in structured:
+        base, _, pa = kinds[a]
+        for b in structured:
+            bb, _, pb = kinds[b]
+            if bb == base and pa.density == pb.density and pa.n > pb.n:
+                longer.append(Comparison(f"{a} - {b}", a, b))
+        for b in references:
+            if kinds[b][2].density == pa.density:
+                against.append(Comparison(f"{a} - {b}", a, b))
+    return sparse, tuple(longer + against)
 
 
 def plot_density(frame: pd.DataFrame, dense: pd.DataFrame | None = None):
