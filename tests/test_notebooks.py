@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 
 FIGURES = {
     "glue_table": ["glue_table", "paired_differences"],
+    "dense_tuning": ["dense_tuning"],
     "nm_sweep": ["nm_sweep"],
     "convergence": ["convergence_rte", "convergence_scores", "convergence_mask_sources"],
     "rho_analysis": ["rho_score", "rho_prune_stages", "rho_primal"],
@@ -88,11 +89,16 @@ def test_notebook_runs_and_writes_its_figures(smoke, name):
         assert "admm - magnitude (average of rte,stsb)" in text and "95 % CI" in text
         assert (figures / "paired_differences.csv").read_text().startswith("comparison,a,b,task,tasks,seeds")
     else:  # only the sweep's 8:2 runs, the rho sweep's two extra runs and the convergence variant are new
-        assert text.count(": training ...") == {"nm_sweep": 2, "rho_analysis": 2, "convergence": 1}.get(name, 0)
+        assert text.count(": training ...") == {"dense_tuning": 2, "nm_sweep": 2, "rho_analysis": 2,
+                                                 "convergence": 1}.get(name, 0)
     if name == "nm_sweep":  # 4:2 reused from the table, 8:2 trained; unstructured once per density
         assert "magnitude" in text and "unstructured" in text and "8:2" in text
         diffs = (figures / "nm_differences.md").read_text()  # each pattern against unstructured at its density
         assert "| magnitude 4:2 - unstructured 50% | rte |" in diffs and "| magnitude 8:2 - unstructured 25% | rte |" in diffs
+    if name == "dense_tuning":  # two grid points, one seed: the better one is chosen, and the table's lr differs
+        table = (figures / "dense_tuning.md").read_text()
+        assert table.count("| rte |") == 2 and table.count("| yes |") == 1
+        assert "selected on validation" in text and "the preset's runs use lr 0.001  <- differs" in text
     if name == "convergence":
         assert "chosen:" in text
     if name == "rho_analysis":
@@ -129,7 +135,8 @@ def test_reproduce_reuses_finished_runs(smoke):
     root, params, _ = smoke
     results = Path(params["results_dir"])
     stamps = {p: p.stat().st_mtime_ns for p in results.rglob("metrics.json")}
-    assert len(stamps) == 17  # 14 of the table and rho studies, 2 of the n:m sweep, 1 convergence variant
+    assert len(stamps) == 19  # 14 of the table and rho studies, 2 of the dense grid, 2 of the n:m sweep,
+    # and 1 convergence variant
     lines = []
     done = reproduce("smoke", results, root / "figures2", params["glue_dir"], notebooks="glue_table",
                      output_root=root / "nb", progress_bar=False, echo=lines.append)

@@ -18,7 +18,7 @@ from nxmlab.study.reproduce import NOTEBOOKS, notebook_dir, plan
 from nxmlab.study.store import atomic_write_json
 
 # (table runs, rho-sweep runs, all runs deduplicated)
-EXPECTED = {"smoke": (12, 3, 17), "quick": (6, 0, 6), "baselines": (21, 0, 41), "convergence": (3, 3, 18), "cpu": (96, 0, 144), "paper": (40, 6, 44)}
+EXPECTED = {"smoke": (12, 3, 19), "quick": (6, 0, 6), "baselines": (21, 0, 41), "convergence": (3, 3, 18), "cpu": (96, 0, 144), "paper": (40, 6, 44)}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -167,10 +167,11 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatc
                  "--figures-dir", str(figures)]) == 0
     out = capsys.readouterr().out
     assert "glue_table: 12 runs, 0 finished, 12 to train" in out
+    assert "dense_tuning: 2 runs, 0 finished, 2 to train" in out
     assert "nm_sweep: 5 runs, 0 finished, 2 to train, 3 trained by an earlier notebook" in out
     assert "rho_analysis: 3 runs, 0 finished, 2 to train, 1 trained by an earlier notebook" in out
     assert "convergence: 2 runs, 0 finished, 1 to train, 1 trained by an earlier notebook" in out
-    assert "total: 17 run(s) to train" in out
+    assert "total: 19 run(s) to train" in out
     assert list(tmp_path.iterdir()) == []  # no results, figures or runs/notebooks
 
 
@@ -300,6 +301,14 @@ def test_tuning_study_is_the_dense_grid_and_choose_dense_picks_the_best_complete
     chosen = table[table["chosen"]]
     assert list(chosen["learning_rate"]) == [2e-5]  # 1e-4 scored higher, but with one seed only
     assert table.set_index("learning_rate").loc[2e-5, "mean"] == 61
+    from nxmlab.study.tuning import chosen_settings, plot_tuning, write_tuning
+
+    assert chosen_settings(table) == {"rte": {"learning_rate": 2e-5, "num_train_epochs": 3.0, "score": 61.0}}
+    csv, md = write_tuning(table, tmp_path / "figures")
+    assert pd.read_csv(csv)["chosen"].tolist() == [True, False, False]
+    assert "| rte | 2e-05 | 3 | **61.00** | 1.41 | 2 | yes |" in md.read_text()
+    assert "| rte | 0.0001 | 3 | 70.00 |  | 1 |  |" in md.read_text()  # one seed: never chosen
+    assert len(plot_tuning(frame, table).axes) == 1 and plot_tuning(frame.iloc[0:0], choose_dense(frame.iloc[0:0], 2))
 
 
 def test_pattern_sweep_shares_the_4x2_runs_and_keeps_the_budget():

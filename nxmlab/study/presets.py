@@ -217,6 +217,7 @@ PRESETS: dict[str, Preset] = {
             save_steps=1000, log_interval=1, logging_steps=1000,
             convergence={"default": ("rte",), "u-residual": ("rte",)},
             patterns=("4:2", "8:2"), pattern_methods=("magnitude", "unstructured"), pattern_tasks=("rte",),
+            dense_grid=[(5e-4, 1.0), (2e-3, 1.0)], tuning_tasks=("rte",), tuning_seeds=(42,),
             description="Plumbing check: the random 2-layer 'tiny' BERT on 32 training / 16 validation "
                         "examples; seconds per notebook, scores are meaningless.",
         ),
@@ -267,7 +268,7 @@ PRESETS: dict[str, Preset] = {
             rho=1000.0, options=QUICK_ADMM, rho_grid=(), rho_tasks=(), save_steps=50, log_interval=10,
             dense_grid=[(lr, ep) for ep in (3.0, 6.0) for lr in (2e-5, 5e-5, 1e-4)],
             tuning_tasks=("mrpc", "stsb", "rte", "cola"), tuning_seeds=(42, 43),
-            notebooks=("glue_table", "sparsity_dynamics", "mask_distance"),
+            notebooks=("glue_table", "dense_tuning", "sparsity_dynamics", "mask_distance"),
             description="The powered study (issue #14): MiniLM-L6 on CoLA, MRPC, STS-B and RTE, seeds 42-44, every "
                         "method with and without KD at quick's matched budget of 3 passes and its ADMM setting; "
                         "Wanda, SparseGPT and unstructured magnitude on seed 42 only; paired bootstrap intervals. "

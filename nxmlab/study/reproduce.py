@@ -34,10 +34,11 @@ __all__ = ["NOTEBOOKS", "NOTEBOOK_STUDIES", "notebook_dir", "plan", "format_plan
 logger = logging.getLogger(__name__)
 
 #: The notebooks, in execution order.
-NOTEBOOKS: tuple[str, ...] = ("glue_table", "nm_sweep", "convergence", "rho_analysis", "sparsity_dynamics", "mask_distance")
+NOTEBOOKS: tuple[str, ...] = ("glue_table", "dense_tuning", "nm_sweep", "convergence", "rho_analysis", "sparsity_dynamics", "mask_distance")
 #: The preset studies (see :mod:`nxmlab.study.presets`) each notebook trains or reuses.
 NOTEBOOK_STUDIES: dict[str, tuple[str, ...]] = {
     "glue_table": ("table",),
+    "dense_tuning": ("tuning",),
     "nm_sweep": ("patterns",),
     "convergence": ("convergence",),
     "rho_analysis": ("rho",),

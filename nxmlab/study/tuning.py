@@ -10,12 +10,13 @@ therefore optimistic, and the README says so next to it.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pandas as pd
 
 from .presets import Preset, get_preset, make_run, study_keys
 
-__all__ = ["TUNING_RULE", "load_tuning", "choose_dense"]
+__all__ = ["TUNING_RULE", "load_tuning", "choose_dense", "chosen_settings", "write_tuning", "plot_tuning"]
 
 #: The rule :func:`choose_dense` applies, in words.
 TUNING_RULE = ("Per task, the (learning rate, epochs) of the dense grid with the highest mean validation score "
@@ -55,3 +56,64 @@ def choose_dense(tuning: pd.DataFrame, seeds: int) -> pd.DataFrame:
     for _task, group in complete.groupby("task"):
         summary.loc[group["mean"].idxmax(), "chosen"] = True
     return summary[columns]
+
+
+def chosen_settings(summary: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """``{task: {"learning_rate": ..., "num_train_epochs": ..., "score": ...}}`` of the chosen points."""
+    return {row.task: {"learning_rate": float(row.learning_rate), "num_train_epochs": float(row.epochs),
+                       "score": float(row.mean)}
+            for row in summary[summary["chosen"].astype(bool)].itertuples(index=False)}
+
+
+def write_tuning(summary: pd.DataFrame, figures_dir: str | os.PathLike[str] = "figures") -> list[Path]:
+    """Write :func:`choose_dense`'s frame as ``dense_tuning.csv`` (4 decimals) and ``dense_tuning.md``
+    (a table per task with the chosen point in bold, and :data:`TUNING_RULE`)."""
+    folder = Path(figures_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv, md = folder / "dense_tuning.csv", folder / "dense_tuning.md"
+    summary.to_csv(csv, index=False, float_format="%.4f")
+    lines = ["# Dense tuning sweep (validation score x100, mean +- std over seeds)\n", f"Rule: {TUNING_RULE}\n",
+             "| task | learning rate | epochs | mean | std | seeds | chosen |", "|---|---:|---:|---:|---:|---:|---|"]
+    for row in summary.itertuples(index=False):
+        std = "" if pd.isna(row.std) else f"{row.std:.2f}"
+        mean = f"**{row.mean:.2f}**" if row.chosen else f"{row.mean:.2f}"
+        lines.append(f"| {row.task} | {row.learning_rate:g} | {row.epochs:g} | {mean} | {std} | {row.n} | "
+                     f"{'yes' if row.chosen else ''} |")
+    md.write_text("\n".join(lines) + "\n")
+    return [csv, md]
+
+
+def plot_tuning(tuning: pd.DataFrame, summary: pd.DataFrame):
+    """One panel per task: validation score against learning rate (log axis), a line per
+    epoch count (mean over seeds), each seed's run as a small dot, the chosen point ringed."""
+    from .frames import task_order
+    from .plots import _empty, _subplots
+
+    tasks = task_order(summary["task"]) if not summary.empty else []
+    fig, axes = _subplots(ncols=max(1, len(tasks)), width=3.4, height=3.2)
+    axes = list(axes[0])
+    if not tasks:
+        _empty(axes[0], "no finished runs of the dense tuning sweep")
+        return fig
+    epochs = sorted(dict.fromkeys(summary["epochs"]))
+    colors = dict(zip(epochs, ("#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc"), strict=False))
+    for ax, task in zip(axes, tasks, strict=True):
+        part, runs = summary[summary["task"] == task], tuning[tuning["task"] == task]
+        for ep in epochs:
+            line = part[part["epochs"] == ep].sort_values("learning_rate")
+            dots = runs[runs["epochs"] == ep]
+            ax.plot(line["learning_rate"], line["mean"], "-o", color=colors[ep], ms=4, lw=1.2, label=f"{ep:g} epochs")
+            ax.plot(dots["learning_rate"], dots["score"], ".", color=colors[ep], ms=3, alpha=0.5)
+        chosen = part[part["chosen"].astype(bool)]
+        if not chosen.empty:
+            ax.plot(chosen["learning_rate"], chosen["mean"], "o", ms=11, mfc="none", mec="black", mew=1.2,
+                    label="chosen")
+        ax.set_xscale("log")
+        rates = sorted(dict.fromkeys(part["learning_rate"]))
+        ax.set_xticks(rates, [f"{r:g}" for r in rates])
+        ax.minorticks_off()
+        ax.set_title(task)
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("validation score (x100)")
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return fig
