@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..nxm import NxM
 from . import frames
-from .plots import _components, _empty, _subplots
+from .plots import _components, _empty, _subplots, rho_ticks
 from .store import SAMPLE_EVERY
 
 __all__ = [
@@ -323,6 +323,7 @@ def plot_rho_distances(frame: pd.DataFrame, pattern: str | NxM | None = None):
     if pattern is not None:
         ax.axhline(random_mask_distance(pattern), color="grey", linestyle=":", label="random masks")
     ax.set_xscale("log")
+    rho_ticks(ax, frame["rho"])
     ax.set_xlabel(RHO_AXIS)
     ax.set_ylabel(f"{DIST_AXIS},\n{SAMPLE_NOTE}")
     ax.set_ylim(0, _dist_max(frame["distance"], pattern))

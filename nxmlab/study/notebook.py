@@ -91,6 +91,8 @@ def describe_preset(preset: Preset) -> str:
            if preset.rho_grid and preset.rho_tasks else "  no rho sweep\n")
         + (f"  matched budget: {preset.budget:g} passes over the training set per sparse run\n" if preset.budget else "")
         + (f"  options: {', '.join(f'{k}={v}' for k, v in preset.options)}\n" if preset.options else "")
+        + "".join(f"  {task} only: {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in opts)}\n"
+                  for task, opts in preset.task_options)
         + f"  limits: train {preset.train_limit or 'all'}, eval {preset.eval_limit or 'all'}; "
         f"{table} table runs, {rho} rho-sweep runs"
     )

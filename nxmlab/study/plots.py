@@ -248,6 +248,14 @@ def _style(frame: pd.DataFrame) -> str | None:
     return "label" if "label" in frame and frame["label"].nunique() > 1 else None
 
 
+def rho_ticks(ax, rhos) -> None:
+    """Log-x ticks at the grid's rho values only (matplotlib's minor labels collide there)."""
+    values = sorted({float(r) for r in rhos})
+    if values:
+        ax.set_xticks(values, [f"{r:g}" for r in values])
+        ax.minorticks_off()
+
+
 def plot_rho_scores(rho_df: pd.DataFrame):
     """Final score vs rho (log x), one line per task (mean ± std over seeds)."""
     import seaborn as sns
@@ -259,6 +267,7 @@ def plot_rho_scores(rho_df: pd.DataFrame):
         return fig
     sns.lineplot(data=rho_df, x="rho", y="final", hue="task", style=_style(rho_df), marker="o", errorbar="sd", ax=ax)
     ax.set_xscale("log")
+    rho_ticks(ax, rho_df["rho"])
     ax.set(xlabel=RHO_AXIS, ylabel=SCORE_AXIS,
            title=f"{', '.join(frames.label_order(rho_df['label']))}: final score vs ρ")
     return fig
@@ -281,6 +290,7 @@ def plot_prune_stages(rho_df: pd.DataFrame):
         sns.lineplot(data=data, x="rho", y="score", hue="stage", hue_order=list(stages.values()),
                      style=_style(data), marker="o", errorbar="sd", ax=ax)
         ax.set_xscale("log")
+        rho_ticks(ax, data["rho"])
         ax.set(xlabel=RHO_AXIS, ylabel=SCORE_AXIS, title=f"{task}: score around the hard prune")
     return fig
 
