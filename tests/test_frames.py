@@ -35,6 +35,25 @@ def test_seeds_pool_into_mean_and_std_and_average():
     assert (avg["mean"], avg["n"]) == (71.5, 2) and avg["std"] == pytest.approx(2.1213, abs=1e-4)
 
 
+def test_average_tasks_leave_a_task_out_of_the_average_only():
+    """A task at chance level (RTE in cpu) keeps its column but leaves the average, in the
+    summary, the table (and its unscored-run marks) and the gaps alike."""
+    df = pd.DataFrame([_row("dense", "rte", 1, 60.0), _row("dense", "rte", 2, 62.0),
+                       _row("dense", "mrpc", 1, 80.0), _row("dense", "mrpc", 2, 84.0),
+                       _row("dense", "stsb", 1, 70.0), _row("dense", "stsb", 2, 72.0),
+                       _row("admm", "mrpc", 1, 78.0, rho=1e-3), _row("admm", "stsb", 1, 68.0, rho=1e-3),
+                       _row("admm", "rte", 1, float("nan"), rho=1e-3)])
+    summary = seed_summary(df, average_tasks=["mrpc", "stsb"]).set_index(["label", "task"])
+    assert summary.loc[("dense", "avg"), "mean"] == 76.5  # per-seed (80+70)/2 and (84+72)/2
+    assert summary.loc[("dense", "rte"), "mean"] == 61.0  # still reported, apart
+    assert summary.loc[("admm", "avg"), "mean"] == 73.0
+    assert seed_summary(df).set_index(["label", "task"]).loc[("dense", "avg"), "mean"] == pytest.approx(71.3333, abs=1e-4)
+    table = glue_table(df, average_tasks=["mrpc", "stsb"])
+    assert list(table.columns) == ["mrpc", "stsb", "rte", "avg"]
+    assert table.loc["admm", "rte"] == "–*" and table.loc["admm", "avg"] == "73.0"
+    assert glue_table(df).loc["admm", "avg"] == "–*"  # RTE in the average: no average
+
+
 def test_other_settings_are_not_pooled_as_seeds():
     df = pd.DataFrame([_row("dense", "rte", 42, 57.4, epochs=3.0), _row("dense", "rte", 42, 54.9, epochs=2.0),
                        _row("admm", "rte", 42, 57.0, epochs=3.0, rho=1e-3),

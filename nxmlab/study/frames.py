@@ -194,17 +194,20 @@ def mask_distance_table(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Ten
 
 
 # ------------------------------------------------------------------------ seed averages
-def seed_summary(scores: pd.DataFrame, tasks: Sequence[str] | None = None, value: str = "score") -> pd.DataFrame:
+def seed_summary(scores: pd.DataFrame, tasks: Sequence[str] | None = None, value: str = "score",
+                 average_tasks: Sequence[str] | None = None) -> pd.DataFrame:
     """``label, task, mean, std, n`` over seeds: the one place seeds are averaged.
 
     Runs that differ in any setting besides the seed get a ``[key=value]`` suffix on
-    their label first, so they stay apart.  The ``avg`` task is the mean over ``tasks``
-    per seed (seeds that have every task), then over seeds.
+    their label first, so they stay apart.  The ``avg`` task is the mean over
+    ``average_tasks`` (default: ``tasks``; e.g. without a task at chance level, reported
+    apart) per seed (seeds that have every one of them), then over seeds.
     """
     columns = ["label", "task", "mean", "std", "n"]
     if scores.empty:
         return pd.DataFrame(columns=columns)
     tasks = list(tasks) if tasks else task_order(scores["task"])
+    averaged = [t for t in tasks if t in set(average_tasks)] if average_tasks else tasks
     df = scores[scores["task"].isin(tasks)].copy()
     df["label"] = df["label"] + _setting_suffixes(df)
     rows = []
@@ -212,8 +215,8 @@ def seed_summary(scores: pd.DataFrame, tasks: Sequence[str] | None = None, value
         group = df[df["label"] == label]
         per_seed = group.pivot_table(index="seed", columns="task", values=value, aggfunc="mean")
         cells = {task: per_seed[task].dropna() for task in tasks if task in per_seed}
-        if set(tasks) <= set(per_seed.columns):
-            cells["avg"] = per_seed[tasks].dropna().mean(axis=1)
+        if averaged and set(averaged) <= set(per_seed.columns):
+            cells["avg"] = per_seed[averaged].dropna().mean(axis=1)
         for task, values in cells.items():
             if not values.empty:
                 rows.append({"label": label, "task": task, "mean": values.mean(),
@@ -255,14 +258,16 @@ def _wide(summary: pd.DataFrame, stat: str = "mean") -> pd.DataFrame:
     return wide.reindex(index=label_order(wide.index), columns=tasks + (["avg"] if "avg" in wide else []))
 
 
-def glue_table(scores: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.DataFrame:
-    """The GLUE table: a row per label, a column per task and ``avg``; cells ``mean ± std`` (strings).
+def glue_table(scores: pd.DataFrame, tasks: Sequence[str] | None = None,
+               average_tasks: Sequence[str] | None = None) -> pd.DataFrame:
+    """The GLUE table: a row per label, a column per task and ``avg`` (over ``average_tasks``,
+    default ``tasks``: :func:`seed_summary`); cells ``mean ± std`` (strings).
 
     A run whose score is stored as missing (``NaN``) never enters a mean or the average;
     its cell reads ``–*`` when no seed has a score, and ``attrs["footnotes"]`` gives
     the reason (:func:`to_markdown` prints it under the table).
     """
-    summary = seed_summary(scores, tasks)
+    summary = seed_summary(scores, tasks, average_tasks=average_tasks)
     if summary.empty:
         return pd.DataFrame()
     cell = summary.assign(cell=[f"{m:.1f}" if n == 1 else f"{m:.1f} ± {s:.1f}"
@@ -277,7 +282,7 @@ def glue_table(scores: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.D
         table = table.reindex(index=label_order([*table.index, *labels]),
                               columns=columns + (["avg"] if "avg" in table.columns else [])).astype(object)
         for (label, task), group in unscored.groupby([labels, unscored["task"]], sort=True):
-            for column in (task, "avg"):
+            for column in (task, "avg") if not average_tasks or task in average_tasks else (task,):
                 if column in table.columns and pd.isna(table.at[label, column]):
                     table.at[label, column] = "–*"
             runs = ", ".join(f"seed {r.seed}: {reasons.get(r.run, 'no score')}" for r in group.itertuples())

@@ -116,7 +116,8 @@ def _legend_right(ax, title: str) -> None:
 
 # --------------------------------------------------------------------------- GLUE table
 def write_glue_table(scores: pd.DataFrame, figures_dir: str | os.PathLike[str] = "figures",
-                     tasks: Sequence[str] | None = None, title: str = "") -> list[Path]:
+                     tasks: Sequence[str] | None = None, title: str = "",
+                     average_tasks: Sequence[str] | None = None) -> list[Path]:
     """Write ``glue_table.md`` (table, gaps to dense, differences, claims) and ``glue_table.csv``.
 
     Every number comes from :func:`nxmlab.study.frames.seed_summary`; the CSV is that
@@ -125,11 +126,12 @@ def write_glue_table(scores: pd.DataFrame, figures_dir: str | os.PathLike[str] =
     """
     folder = Path(figures_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    summary = frames.seed_summary(scores, tasks)
+    summary = frames.seed_summary(scores, tasks, average_tasks=average_tasks)
     parts = [f"# GLUE table{': ' + title if title else ''}\n",
              "Task scores ×100 (CoLA MCC, STS-B mean of Pearson/Spearman, MRPC/QQP mean of F1/accuracy, "
-             "accuracy elsewhere); `mean ± std` over seeds.\n",
-             frames.to_markdown(frames.glue_table(scores, tasks)),
+             "accuracy elsewhere); `mean ± std` over seeds."
+             + (f" `avg` is the mean over {', '.join(average_tasks)} only." if average_tasks else "") + "\n",
+             frames.to_markdown(frames.glue_table(scores, tasks, average_tasks)),
              "\n## Gap to dense (points)\n", frames.to_markdown(frames.gap_table(summary), "method", "{:+.1f}"),
              "\n## Differences (points)\n",
              frames.to_markdown(frames.difference_table(summary), "comparison", "{:+.1f}"),
@@ -154,7 +156,8 @@ def _grouped_bars(ax, summary: pd.DataFrame, groups: Sequence[str], labels: Sequ
     ax.set_xticks(np.arange(len(groups)), list(groups))
 
 
-def plot_glue_bars(scores: pd.DataFrame, tasks: Sequence[str] | None = None, baseline: str = "dense"):
+def plot_glue_bars(scores: pd.DataFrame, tasks: Sequence[str] | None = None, baseline: str = "dense",
+                   average_tasks: Sequence[str] | None = None):
     """Left: score per task (and GLUE average), one bar per label, error bars = std over seeds.
     Right (when a ``baseline`` run exists): each other label's gap to it, in points, computed
     per task and seed and then averaged by :func:`~nxmlab.study.frames.seed_summary`.
@@ -165,7 +168,7 @@ def plot_glue_bars(scores: pd.DataFrame, tasks: Sequence[str] | None = None, bas
     import seaborn as sns
     from matplotlib.patches import Patch
 
-    summary = frames.seed_summary(scores, tasks)
+    summary = frames.seed_summary(scores, tasks, average_tasks=average_tasks)
     present = set(summary["task"])
     groups = [t for t in [*(tasks or frames.task_order(scores["task"])), "avg"] if t in present]
     labels = list(dict.fromkeys(summary["label"]))
@@ -177,13 +180,15 @@ def plot_glue_bars(scores: pd.DataFrame, tasks: Sequence[str] | None = None, bas
         return fig
     palette = dict(zip(labels, sns.color_palette(n_colors=len(labels)), strict=True))
     _grouped_bars(ax, summary, groups, labels, palette)
-    ax.set(xlabel="GLUE task (avg = mean over tasks)", ylabel=SCORE_AXIS, title="Final validation score per method")
+    avg_of = f"mean over {', '.join(average_tasks)}" if average_tasks else "mean over tasks"
+    ax.set(xlabel=f"GLUE task (avg = {avg_of})", ylabel=SCORE_AXIS, title="Final validation score per method")
     if not has_base:
         ax.legend(title="method", loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return fig
     base = scores[scores["label"] == baseline].groupby(["task", "seed"])["score"].mean().rename("base")
     others = scores[scores["label"] != baseline].join(base, on=["task", "seed"]).dropna(subset=["base"])
-    gaps = frames.seed_summary(others.assign(gap=others["score"] - others["base"]), tasks, value="gap")
+    gaps = frames.seed_summary(others.assign(gap=others["score"] - others["base"]), tasks, value="gap",
+                               average_tasks=average_tasks)
     ax = axes[0, 1]
     if gaps.empty:
         _empty(ax, f"no run with a {baseline} run of the same task and seed")
@@ -191,7 +196,7 @@ def plot_glue_bars(scores: pd.DataFrame, tasks: Sequence[str] | None = None, bas
     gap_labels = [lb for lb in labels if lb in set(gaps["label"])]
     _grouped_bars(ax, gaps, [g for g in groups if g in set(gaps["task"])], gap_labels, palette)
     ax.axhline(0.0, color="0.2", linewidth=1.0)
-    ax.set(xlabel="GLUE task (avg = mean over tasks)", ylabel=f"score − {baseline} score (points)",
+    ax.set(xlabel=f"GLUE task (avg = {avg_of})", ylabel=f"score − {baseline} score (points)",
            title=f"Gap to {baseline} (same task and seed)")
     fig.legend([Patch(color=palette[lb]) for lb in labels], labels, title="method", loc="outside right upper")
     return fig
