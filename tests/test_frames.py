@@ -8,7 +8,15 @@ import pandas as pd
 import pytest
 
 from nxmlab.study.cli import main
-from nxmlab.study.frames import SCORE_COLUMNS, glue_table, load_scores, seed_summary, to_markdown
+from nxmlab.study.frames import (
+    SCORE_COLUMNS,
+    format_claims,
+    glue_table,
+    load_scores,
+    paper_claims,
+    seed_summary,
+    to_markdown,
+)
 from nxmlab.study.store import STORE_VERSION
 
 
@@ -52,6 +60,20 @@ def test_average_tasks_leave_a_task_out_of_the_average_only():
     assert list(table.columns) == ["mrpc", "stsb", "rte", "avg"]
     assert table.loc["admm", "rte"] == "–*" and table.loc["admm", "avg"] == "73.0"
     assert glue_table(df).loc["admm", "avg"] == "–*"  # RTE in the average: no average
+
+
+def test_paper_claims_without_an_average_use_only_the_average_tasks():
+    """With no ``avg`` (a task unfinished), the claim's basis is the tasks both labels have,
+    among the average's tasks: a task reported apart (RTE in cpu) never enters it."""
+    df = pd.DataFrame([_row("magnitude", "mrpc", 1, 80.0), _row("magnitude", "rte", 1, 50.0),
+                       _row("admm", "mrpc", 1, 78.0, rho=1e-3), _row("admm", "rte", 1, 60.0, rho=1e-3)])
+    tasks = ["mrpc", "stsb", "rte"]
+    claims = paper_claims(seed_summary(df, tasks, average_tasks=["mrpc", "stsb"]), ["mrpc", "stsb"]).set_index("comparison")
+    assert claims.loc["admm − magnitude", "measured"] == -2.0
+    assert claims.loc["admm − magnitude", "basis"] == "mean over mrpc" and not claims.loc["admm − magnitude", "holds"]
+    assert paper_claims(seed_summary(df, tasks)).set_index("comparison").loc["admm − magnitude", "measured"] == 4.0
+    assert claims.loc["admm+kd − admm", "holds"] is None
+    assert "AGAINST the claim: -2.00 points (mean over mrpc)" in format_claims(claims.reset_index())
 
 
 def test_other_settings_are_not_pooled_as_seeds():

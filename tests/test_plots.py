@@ -77,7 +77,7 @@ def test_write_glue_table_numbers_are_seed_summary(store, tmp_path):
     assert text.startswith("# GLUE table: smoke")
     for row in summary.itertuples():
         assert f"{row.mean:.1f}" in text
-    assert "| dense |" in text and "Paper claims" in text and "admm − magnitude" in text
+    assert "| dense |" in text and "Paper claims (point estimates)" in text and "paired_differences.md" in text and "admm − magnitude" in text
 
 
 @pytest.mark.slow
@@ -311,6 +311,29 @@ def test_dynamics_plots_grid_tasks_by_labels_and_mark_missing_facets():
         assert "no admm+kd run on mrpc" in notes
 
 
+def test_dynamics_plots_treat_seeds_as_replicates():
+    """Two seeds: the line is their mean and a ±1 std band is drawn; one seed: no band."""
+    one = _dyn()
+    other = one.assign(seed=43, run="rte/admm-43", rel_dist=one["rel_dist"] + 0.1, flips=one["flips"] * 3)
+    two = pd.concat([one, other], ignore_index=True)
+    def band_height(ax) -> float:
+        spans = [np.ptp(path.vertices[:, 1]) for c in ax.collections for path in c.get_paths()
+                 if len(path.vertices) and np.isfinite(path.vertices[:, 1]).all()]
+        return max(spans, default=0.0)
+
+    for plot in (plots.plot_rel_dist, plots.plot_flips):
+        ax = plot(two).axes[0]
+        assert band_height(ax) > 0 and ax.get_title().endswith("2 seeds (±1 std)")
+        assert band_height(plot(one).axes[0]) == 0 and "seeds" not in plot(one).axes[0].get_title()
+    ax = plots.plot_rel_dist(two).axes[0]
+    for line in ax.lines:
+        if len(line.get_ydata()) == 3:
+            assert list(line.get_ydata()) == pytest.approx([0.35, 0.25, 0.15])  # mean of the two seeds
+    flips = plots.plot_flips(two).axes[0]
+    values = sorted(float(y) for line in flips.lines for y in line.get_ydata())
+    assert values == pytest.approx([4.0, 8.0])  # query (2, 6) and ffn1 (4, 12): mean over seeds
+
+
 def _samples(rows) -> pd.DataFrame:
     """A synthetic :func:`maskplots.mask_samples` frame: (task, label, seed, rho, set, masks)."""
     out = []
@@ -345,6 +368,9 @@ def test_cross_run_comparisons_on_synthetic_samples():
     grid = maskplots.as_matrix(maskplots.method_distances(table, "rte", 42))
     assert list(grid.index) == ["pretrained magnitude", "dense magnitude", "magnitude final", "admm final"]
     assert grid.loc["admm final", "pretrained magnitude"] == 1.0 and grid.loc["magnitude final", "dense magnitude"] == 0
+    pooled = maskplots.method_distances(table, "rte")  # seeds as replicates: the mean over 42 and 43
+    assert set(pooled["group"]) == {"rte, mean over seeds 42, 43"}
+    assert maskplots.as_matrix(pooled).loc["admm final", "pretrained magnitude"] == 0.75  # 1.0 and 0.5
     seeds = maskplots.seed_distances(table)
     assert seeds.set_index(["task", "mask"]).loc[("rte", "admm final"), "distance"] == 0.5  # 0011 vs 0110
     tasks = maskplots.task_distances(table)

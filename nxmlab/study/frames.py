@@ -322,11 +322,14 @@ _CLAIMS = (
 )
 
 
-def paper_claims(summary: pd.DataFrame) -> pd.DataFrame:
-    """Whether the paper's qualitative claims hold in ``summary`` (computed, never hard-coded).
+def paper_claims(summary: pd.DataFrame, average_tasks: Sequence[str] | None = None) -> pd.DataFrame:
+    """The point estimate behind each of the paper's qualitative claims in ``summary``
+    (computed, never hard-coded); the verdict with its uncertainty is the paired bootstrap's
+    (:func:`nxmlab.study.stats.paired_bootstrap`).
 
     Each claim compares the GLUE average of two labels (``avg`` when both have it, else the
-    mean over the tasks both have).  ``holds`` is ``None`` when a label is missing.
+    mean over the tasks both have, among ``average_tasks`` when given: the same tasks as
+    ``avg``).  ``holds`` (the point estimate is above 0) is ``None`` when a label is missing.
     """
     wide = _wide(summary)
     rows = []
@@ -336,7 +339,8 @@ def paper_claims(summary: pd.DataFrame) -> pd.DataFrame:
             if "avg" in wide and pd.notna(wide.at[a, "avg"]) and pd.notna(wide.at[b, "avg"]):
                 delta, basis = float(wide.at[a, "avg"] - wide.at[b, "avg"]), "GLUE average"
             else:
-                common = [t for t in wide.columns if t != "avg" and pd.notna(wide.at[a, t]) and pd.notna(wide.at[b, t])]
+                common = [t for t in wide.columns if t != "avg" and pd.notna(wide.at[a, t]) and pd.notna(wide.at[b, t])
+                          and (not average_tasks or t in average_tasks)]
                 if common:
                     delta = float((wide.loc[a, common] - wide.loc[b, common]).mean())
                     basis = f"mean over {', '.join(common)}"
@@ -346,13 +350,16 @@ def paper_claims(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_claims(claims: pd.DataFrame, tie: float = 0.5) -> str:
-    """One line per claim: holds / does not hold / not measured (``|Δ| < tie`` flagged as a near tie)."""
+    """One line per claim: the point estimate is for / against it, or not measured
+    (``|Δ| < tie`` flagged as a near tie).  Whether the difference is resolved is the
+    paired bootstrap's to say, not this line's."""
     lines = []
     for row in claims.itertuples():
         if row.holds is None:
             verdict = "not measured (needs both methods)"
         else:
-            verdict = f"{'HOLDS' if row.holds else 'does NOT hold'}: {row.measured:+.2f} points ({row.basis})"
+            verdict = (f"point estimate {'FOR' if row.holds else 'AGAINST'} the claim: {row.measured:+.2f} points "
+                       f"({row.basis})")
             if abs(row.measured) < tie:
                 verdict += f"; |Δ| < {tie:g}: a near tie, within run-to-run noise"
         lines.append(f"{row.claim} [{row.comparison}; paper: {row.paper}] -> {verdict}")

@@ -164,14 +164,27 @@ def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
 
 
 def method_distances(samples: pd.DataFrame, task: str | None = None, seed: int | None = None) -> pd.DataFrame:
-    """Every mask of one task and seed against every other (sampled): the reference masks and
-    each label's final mask; rows ``group, a, b, distance`` (default: first task and seed)."""
+    """Every mask of one task against every other (sampled): the reference masks and each
+    label's final mask; rows ``group, a, b, distance`` (default: the first task).
+
+    With ``seed``, the masks of that seed; without, seeds are replicates: each pair's distance
+    is computed within each seed and averaged over the seeds that have both masks.
+    """
     if samples.empty:
         return _frame([], PAIR_COLUMNS)
     task = task if task is not None else frames.task_order(samples["task"])[0]
-    seed = seed if seed is not None else sorted(samples["seed"])[0]
-    named = _named(samples[(samples["task"] == task) & (samples["seed"] == seed)])
-    return _frame(_pairs(f"{task}, seed {seed}", named) if named else [], PAIR_COLUMNS)
+    sub = samples[samples["task"] == task]
+    seeds = [seed] if seed is not None else sorted(set(sub["seed"]))
+    per_seed = [pd.DataFrame(_pairs("", named), columns=PAIR_COLUMNS)
+                for named in (_named(sub[sub["seed"] == s]) for s in seeds) if named]
+    if not per_seed:
+        return _frame([], PAIR_COLUMNS)
+    names = list(dict.fromkeys(n for frame in per_seed for n in frame["a"]))
+    pooled = pd.concat(per_seed).groupby(["a", "b"], sort=False)["distance"].mean()
+    group = f"{task}, seed {seeds[0]}" if len(seeds) == 1 else f"{task}, mean over seeds {', '.join(map(str, seeds))}"
+    rows = [{"group": group, "a": a, "b": b, "distance": float(pooled[a, b])}
+            for a in names for b in names if (a, b) in pooled.index]
+    return _frame(rows, PAIR_COLUMNS)
 
 
 def seed_distances(samples: pd.DataFrame) -> pd.DataFrame:

@@ -91,7 +91,7 @@ def _task_panels(frame: pd.DataFrame, width: float, empty_message: str):
 def _integer_x(ax) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))  # "auto" crowds 3-digit steps
 
 
 def _readable_log_y(ax) -> None:
@@ -135,8 +135,11 @@ def write_glue_table(scores: pd.DataFrame, figures_dir: str | os.PathLike[str] =
              "\n## Gap to dense (points)\n", frames.to_markdown(frames.gap_table(summary), "method", "{:+.1f}"),
              "\n## Differences (points)\n",
              frames.to_markdown(frames.difference_table(summary), "comparison", "{:+.1f}"),
-             "\n## Paper claims\n"]
-    parts += [f"- {line}" for line in frames.format_claims(frames.paper_claims(summary)).splitlines()]
+             "\n## Paper claims (point estimates)\n",
+             "Differences of the means above. Whether a difference is resolved is the paired bootstrap's "
+             "verdict (`paired_differences.md`), not these lines'.\n"]
+    parts += [f"- {line}" for line in
+              frames.format_claims(frames.paper_claims(summary, average_tasks)).splitlines()]
     md, csv = folder / "glue_table.md", folder / "glue_table.csv"
     md.write_text("\n".join(parts) + "\n")
     summary.to_csv(csv, index=False, float_format="%.4f")
@@ -355,8 +358,9 @@ def _components(values) -> list[str]:
 
 
 def plot_rel_dist(dyn: pd.DataFrame):
-    """Relative distance to the n:m set vs step, per component and per layer (means over seeds
-    and over the other grouping); two rows per task, one column per label.
+    """Relative distance to the n:m set vs step, per component and per layer; two rows per task,
+    one column per label.  Seeds are replicates: each seed's curve is the mean over the other
+    grouping, and the line is their mean with a band of ±1 std over seeds (with two or more).
 
     ``dyn`` is :func:`nxmlab.study.frames.load_dynamics` of the runs to draw.
     """
@@ -373,13 +377,15 @@ def plot_rel_dist(dyn: pd.DataFrame):
         top, bottom = axes[row, col], axes[row + 1, col]
         last = col == len(labels) - 1
         data = data.astype({"rel_dist": float})
-        by_comp = data.groupby(["step", "component"], as_index=False)["rel_dist"].mean()
-        sns.lineplot(data=by_comp, x="step", y="rel_dist", hue="component",
+        by_comp = data.groupby(["seed", "step", "component"], as_index=False)["rel_dist"].mean()
+        sns.lineplot(data=by_comp, x="step", y="rel_dist", hue="component", errorbar="sd",
                      hue_order=_components(by_comp["component"]), ax=top, legend=last)
-        by_layer = data.groupby(["step", "layer"], as_index=False)["rel_dist"].mean()
-        sns.lineplot(data=by_layer, x="step", y="rel_dist", hue="layer", palette="crest", ax=bottom, legend=last)
-        top.set_title(f"{task} {label}: per component")
-        bottom.set_title(f"{task} {label}: per layer (0 = bottom)")
+        by_layer = data.groupby(["seed", "step", "layer"], as_index=False)["rel_dist"].mean()
+        sns.lineplot(data=by_layer, x="step", y="rel_dist", hue="layer", palette="crest", errorbar="sd", ax=bottom,
+                     legend=last)
+        seeds = _seeds_note(data)
+        top.set_title(f"{task} {label}: per component{seeds}")
+        bottom.set_title(f"{task} {label}: per layer (0 = bottom){seeds}")
         for ax in (top, bottom):
             _integer_x(ax)
             ax.set(xlabel=STEP_AXIS, ylabel=REL_DIST_AXIS)
@@ -387,6 +393,12 @@ def plot_rel_dist(dyn: pd.DataFrame):
             _legend_right(top, "component")
             _legend_right(bottom, "layer")
     return fig
+
+
+def _seeds_note(data: pd.DataFrame) -> str:
+    """``", 3 seeds (±1 std)"`` for a facet drawn from several seeds; ``""`` for one."""
+    n = data["seed"].nunique() if "seed" in data else 1
+    return f", {n} seeds (±1 std)" if n > 1 else ""
 
 
 def plot_layer_heatmap(dyn: pd.DataFrame, stat: str = "rel_dist"):
@@ -416,6 +428,8 @@ def plot_layer_heatmap(dyn: pd.DataFrame, stat: str = "rel_dist"):
 
 def plot_flips(dyn: pd.DataFrame, distances: pd.DataFrame | None = None):
     """Mask flips per Z/U update, per component; one row per task, one column per label.
+    Seeds are replicates: the line is the mean over seeds, with a band of ±1 std over seeds
+    (with two or more).
 
     With ``distances`` (:func:`nxmlab.study.frames.load_mask_distances` of the same runs),
     flips are divided by the target's kept positions of two masks (its ``kept`` column),
@@ -436,17 +450,19 @@ def plot_flips(dyn: pd.DataFrame, distances: pd.DataFrame | None = None):
         ax = axes[row, col]
         data = data.assign(flips=data["flips"].astype(float))
         data = data.join(kept, on=["run", "target"]) if has_kept else data.assign(kept=np.nan)
+        keys = ["seed", "step", "component"]
         if data["kept"].notna().all():
-            agg = data.groupby(["step", "component"], as_index=False)[["flips", "kept"]].sum()
+            agg = data.groupby(keys, as_index=False)[["flips", "kept"]].sum()
             agg["value"] = 100 * agg["flips"] / agg["kept"]
             ylabel = "flips (% of kept positions that changed)"
         else:
-            agg = data.groupby(["step", "component"], as_index=False)["flips"].mean().rename(columns={"flips": "value"})
+            agg = data.groupby(keys, as_index=False)["flips"].mean().rename(columns={"flips": "value"})
             ylabel = "mask flips per target (positions, mean)"
-        sns.lineplot(data=agg, x="step", y="value", hue="component", marker="o",
+        sns.lineplot(data=agg, x="step", y="value", hue="component", marker="o", errorbar="sd",
                      hue_order=_components(agg["component"]), ax=ax, legend=col == len(labels) - 1)
         _integer_x(ax)
-        ax.set(xlabel="optimizer step of the Z/U update", ylabel=ylabel, title=f"{task} {label}: flips per update")
+        ax.set(xlabel="optimizer step of the Z/U update", ylabel=ylabel,
+               title=f"{task} {label}: flips per update{_seeds_note(data)}")
         if col == len(labels) - 1:
             _legend_right(ax, "component")
     return fig
