@@ -28,19 +28,22 @@ install: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
+# quick (trains what is missing: about 20 min from nothing) and the powered study's figures
+# redrawn from its committed runs (never trains: scripts/study_runner.py trains cpu).
 reproduce: $(VENV)/.installed
 	$(VENV)/bin/nxmlab reproduce --preset quick
+	$(VENV)/bin/nxmlab reproduce --preset cpu --no-train --figures-dir figures/cpu
 
 # Every committed figure and executed notebook, redrawn from results/ alone (never trains):
-# quick and convergence into figures/, baselines into figures/baselines/, and cpu's finished
-# dense tuning sweep into figures/cpu/ (its other notebooks wait for the powered study's runs).
+# quick and convergence into figures/, baselines into figures/baselines/, cpu (the powered
+# study, from the runs committed so far) into figures/cpu/.
 figures: $(VENV)/.installed
 	$(VENV)/bin/nxmlab reproduce --preset quick --no-train --quiet --output-dir notebooks/executed
 	$(VENV)/bin/nxmlab reproduce --preset convergence --no-train --quiet --output-dir notebooks/executed
 	$(VENV)/bin/nxmlab reproduce --preset baselines --no-train --quiet --output-dir notebooks/executed \
 		--figures-dir figures/baselines
 	$(VENV)/bin/nxmlab reproduce --preset cpu --no-train --quiet --output-dir notebooks/executed \
-		--figures-dir figures/cpu --notebooks dense_tuning
+		--figures-dir figures/cpu
 
 # JupyterLab on LAB_DIR, with this .venv registered as the `nxmlab` kernel the notebooks name.
 # LAB_ARGS adds options: make lab LAB_ARGS="--no-browser --port 8899"; root gets --allow-root.

@@ -343,6 +343,17 @@ def _samples(rows) -> pd.DataFrame:
     return pd.DataFrame(out, columns=maskplots.SAMPLE_COLUMNS)
 
 
+def test_distance_summary_pools_runs_and_gives_their_spread():
+    rows = [{"run": run, "label": "admm", "reference": "pretrained_magnitude", "module": mod, "component": "query",
+             "layer": layer, "kept": 10, "differ": differ, "distance": differ / 10}
+            for run, cells in (("a", ((0, 1), (1, 1))), ("b", ((0, 3), (1, 3))))
+            for (layer, differ), mod in zip(cells, ("l0", "l1"), strict=True)]
+    summary = maskplots.distance_summary(pd.DataFrame(rows)).iloc[0]
+    assert summary["runs"] == 2 and summary["distance"] == pytest.approx(0.2)  # 8 of 40 kept
+    assert summary["std_runs"] == pytest.approx(math.sqrt(0.02))  # runs at 0.1 and 0.3
+    assert math.isnan(maskplots.distance_summary(pd.DataFrame(rows[:2])).iloc[0]["std_runs"])
+
+
 def test_sampled_distance_is_pooled_over_targets():
     a = {Q0: m(1, 1, 0, 0), F1: m(1, 0, 1, 0, 0, 1, 0, 1), "only.in.a": m(1)}
     b = {Q0: m(1, 0, 1, 0), F1: m(1, 0, 1, 0, 0, 1, 0, 1)}

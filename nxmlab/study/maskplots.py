@@ -66,14 +66,18 @@ def _pooled(distances: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 def distance_summary(distances: pd.DataFrame) -> pd.DataFrame:
     """Per label and reference mask: ``runs``, the pooled ``distance`` over all targets and runs,
-    and the smallest and largest per-target distance (from :func:`frames.load_mask_distances`)."""
-    cols = ["label", "reference", "runs", "distance", "min_target", "max_target"]
+    ``std_runs`` (the std over runs, seeds and tasks as replicates, of each run's pooled
+    distance; NaN for one run), and the smallest and largest per-target distance (from
+    :func:`frames.load_mask_distances`)."""
+    cols = ["label", "reference", "runs", "distance", "std_runs", "min_target", "max_target"]
     if distances.empty:
         return pd.DataFrame(columns=cols)
     out = _pooled(distances, ["label", "reference"])
     stats = distances.groupby(["label", "reference"], sort=False).agg(
         runs=("run", "nunique"), min_target=("distance", "min"), max_target=("distance", "max")).reset_index()
-    out = out.merge(stats, on=["label", "reference"])
+    per_run = _pooled(distances, ["label", "reference", "run"])
+    spread = per_run.groupby(["label", "reference"], sort=False)["distance"].std(ddof=1).rename("std_runs")
+    out = out.merge(stats, on=["label", "reference"]).join(spread, on=["label", "reference"])
     out = out.assign(_l=out["label"].map(frames.label_order(out["label"]).index)).sort_values(["_l", "reference"])
     return out[cols].reset_index(drop=True)
 
