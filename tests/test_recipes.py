@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from transformers import TrainerCallback
 
 from nxmlab.nxm import is_nxm
 from nxmlab.study.config import NxMTrainingArguments, RunConfig, RunSpec
-from nxmlab.study.recipe import run_experiment
+from nxmlab.study.recipe import ELAPSED_FILE, run_experiment
 from nxmlab.study.store import RunFolder, config_hash, load_masks, read_json, read_jsonl
 from nxmlab.targets import select_targets
 
@@ -223,9 +224,16 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, glue_dir, admm_r
         run_experiment(cfg, args, callbacks=[Interrupt(phase, step)])
     run_dir = run_dir_for(cfg, args)
     assert not run_dir.file(RunFolder.METRICS).exists()  # a killed run never looks finished
+    start = 2 if step == 3 else step
+    before = json.loads((run_dir.checkpoint_dir(phase) / f"checkpoint-{start}" / ELAPSED_FILE).read_text())["seconds"]
+    assert before > 0
     metrics = run_experiment(cfg, args)
     reference, ref_dir = admm_reference
-    assert metrics["phases"][phase]["resumed_from_step"] == (2 if step == 3 else step)
+    record = metrics["phases"][phase]
+    assert record["resumed_from_step"] == start
+    # the phase's time is the segment before the checkpoint plus the resumed one
+    segment = record["seconds_per_step"] * (record["steps"] - start)
+    assert record["seconds"] == pytest.approx(before + segment)
     assert metrics["eval"] == reference["eval"]
     ours, theirs = _model_weights(run_dir), _model_weights(ref_dir)
     assert ours.keys() == theirs.keys()

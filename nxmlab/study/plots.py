@@ -129,7 +129,7 @@ def write_glue_table(scores: pd.DataFrame, figures_dir: str | os.PathLike[str] =
     summary = frames.seed_summary(scores, tasks, average_tasks=average_tasks)
     parts = [f"# GLUE table{': ' + title if title else ''}\n",
              "Task scores ×100 (CoLA MCC, STS-B mean of Pearson/Spearman, MRPC/QQP mean of F1/accuracy, "
-             "accuracy elsewhere); `mean ± std` over seeds."
+             "accuracy elsewhere); `mean ± std` over seeds (a cell without ± has one seed)."
              + (f" `avg` is the mean over {', '.join(average_tasks)} only." if average_tasks else "") + "\n",
              frames.to_markdown(frames.glue_table(scores, tasks, average_tasks)),
              "\n## Gap to dense (points)\n", frames.to_markdown(frames.gap_table(summary), "method", "{:+.1f}"),

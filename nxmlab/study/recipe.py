@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import shutil
@@ -61,6 +62,37 @@ __all__ = ["run_experiment", "NonFiniteError"]
 logger = logging.getLogger(__name__)
 
 _TIMING_KEYS = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time", "epoch")
+
+
+ELAPSED_FILE = "nxmlab_elapsed.json"
+
+
+class _ElapsedTime(TrainerCallback):
+    """Writes the phase's wall time so far (``prior`` seconds from the segments before a
+    resume plus this one's) into every checkpoint, so a resumed phase records its whole time."""
+
+    def __init__(self, prior: float) -> None:
+        self.prior, self.tic = prior, time.perf_counter()
+
+    def start(self) -> float:
+        """Start this segment's clock; returns its start (``time.perf_counter()``)."""
+        self.tic = time.perf_counter()
+        return self.tic
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            seconds = self.prior + time.perf_counter() - self.tic
+            (checkpoint / ELAPSED_FILE).write_text(json.dumps({"seconds": seconds}) + "\n")
+
+
+def _elapsed_before(checkpoint: Path | None) -> float:
+    """The wall time a phase had spent up to ``checkpoint`` (0 without one, or for a checkpoint
+    written before this was recorded)."""
+    try:
+        return float(json.loads((checkpoint / ELAPSED_FILE).read_text())["seconds"]) if checkpoint else 0.0
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 class _Run:
@@ -204,8 +236,11 @@ class _Run:
             args.max_steps = int(max_steps)
         if self.spec.method.uses("train_only_targets") and self.spec.cfg.train_only_targets:
             train_only(model, self.targets(model))
+        # rank 0 decides; a damaged checkpoint falls back to the previous one
+        checkpoint = decide(lambda: last_loadable_checkpoint(args.output_dir))
+        elapsed = _ElapsedTime(_elapsed_before(checkpoint))
         callbacks = [*(hooks.callbacks() if hooks else []), *([FixedMaskCallback(fixed)] if fixed else []),
-                     *self.extra_callbacks, FiniteGuard(step.name), CheckpointMarker(step.name)]
+                     *self.extra_callbacks, FiniteGuard(step.name), elapsed, CheckpointMarker(step.name)]
         # accelerate marks a model it has seen (even in an evaluation) as prepared, and would then not
         # wrap it in DDP again: under torchrun every phase after the first would train each rank alone
         model.__dict__.pop("_is_accelerate_prepared", None)
@@ -221,21 +256,20 @@ class _Run:
         # number of processes (average_tokens_across_devices). The gradient is then the mean over
         # the global batch, whatever the world size, and the ADMM penalty keeps its weight.
         trainer.model_accepts_loss_kwargs = False
-        # rank 0 decides; a damaged checkpoint falls back to the previous one
-        checkpoint = decide(lambda: last_loadable_checkpoint(args.output_dir))
         start_step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
         if checkpoint is not None:
             logger.info("resuming phase '%s' of %s from %s", step.name, self.folder.name, checkpoint.name)
         if hooks:
             hooks.resume(checkpoint, start_step)
-        tic = time.perf_counter()
+        tic = elapsed.start()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        seconds = time.perf_counter() - tic
+        segment = time.perf_counter() - tic
         if hooks:
             hooks.end()
         check_replicated(model.state_dict(), f"weights after phase '{step.name}'")  # DDP kept them in sync
         steps = trainer.state.global_step
-        per_step = seconds / max(steps - start_step, 1)
+        per_step = segment / max(steps - start_step, 1)
+        seconds = elapsed.prior + segment  # the whole phase, across resumes
         if is_main():
             self.folder.append_log([{"phase": step.name, **r} for r in trainer.state.log_history])
             tmp = folder.with_name(f".{step.name}.tmp")
