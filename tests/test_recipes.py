@@ -15,7 +15,8 @@ from transformers import TrainerCallback
 
 from nxmlab.nxm import is_nxm
 from nxmlab.study.config import NxMTrainingArguments, RunConfig, RunSpec
-from nxmlab.study.recipe import ELAPSED_FILE, run_experiment
+from nxmlab.study.recipe import run_experiment
+from nxmlab.study.timing import ELAPSED_FILE
 from nxmlab.study.store import RunFolder, config_hash, load_masks, read_json, read_jsonl
 from nxmlab.targets import select_targets
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
 import shutil
@@ -56,43 +55,13 @@ from .store import (
     follow_umask,
     save_masks,
 )
+from .timing import ElapsedTime, elapsed_before
 
 __all__ = ["run_experiment", "NonFiniteError"]
 
 logger = logging.getLogger(__name__)
 
 _TIMING_KEYS = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time", "epoch")
-
-
-ELAPSED_FILE = "nxmlab_elapsed.json"
-
-
-class _ElapsedTime(TrainerCallback):
-    """Writes the phase's wall time so far (``prior`` seconds from the segments before a
-    resume plus this one's) into every checkpoint, so a resumed phase records its whole time."""
-
-    def __init__(self, prior: float) -> None:
-        self.prior, self.tic = prior, time.perf_counter()
-
-    def start(self) -> float:
-        """Start this segment's clock; returns its start (``time.perf_counter()``)."""
-        self.tic = time.perf_counter()
-        return self.tic
-
-    def on_save(self, args, state, control, **kwargs):
-        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and checkpoint.is_dir():
-            seconds = self.prior + time.perf_counter() - self.tic
-            (checkpoint / ELAPSED_FILE).write_text(json.dumps({"seconds": seconds}) + "\n")
-
-
-def _elapsed_before(checkpoint: Path | None) -> float:
-    """The wall time a phase had spent up to ``checkpoint`` (0 without one, or for a checkpoint
-    written before this was recorded)."""
-    try:
-        return float(json.loads((checkpoint / ELAPSED_FILE).read_text())["seconds"]) if checkpoint else 0.0
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0.0
 
 
 class _Run:
@@ -238,7 +207,7 @@ class _Run:
             train_only(model, self.targets(model))
         # rank 0 decides; a damaged checkpoint falls back to the previous one
         checkpoint = decide(lambda: last_loadable_checkpoint(args.output_dir))
-        elapsed = _ElapsedTime(_elapsed_before(checkpoint))
+        elapsed = ElapsedTime(elapsed_before(checkpoint))
         callbacks = [*(hooks.callbacks() if hooks else []), *([FixedMaskCallback(fixed)] if fixed else []),
                      *self.extra_callbacks, FiniteGuard(step.name), elapsed, CheckpointMarker(step.name)]
         # accelerate marks a model it has seen (even in an evaluation) as prepared, and would then not
