@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 MARKER = re.compile(r"^<!-- rows from (\S+) -->$")
 
@@ -35,26 +33,33 @@ def quoted_tables(text: str) -> list[tuple[str, list[str]]]:
     return out
 
 
+def unquoted_rows(text: str, root: Path) -> list[tuple[str, str]]:
+    """``(path, row)`` for every body row of a marked table of ``text`` that is not a row of
+    its file (``root / path``); a marked table without rows or a missing file fails."""
+    out = []
+    for path, rows in quoted_tables(text):
+        source = root / path
+        assert source.is_file(), f"README quotes {path}, which is not committed"
+        assert rows, f"the README's table from {path} has no rows"
+        have = {line.rstrip() for line in source.read_text().splitlines()}
+        out += [(path, row) for row in rows if row not in have]
+    return out
+
+
 def test_quoted_tables_are_found_with_their_body_rows():
     text = "x\n<!-- rows from a.md -->\n\n| h | k |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n\nafter\n| 5 | 6 |\n"
     assert quoted_tables(text) == [("a.md", ["| 1 | 2 |", "| 3 | 4 |"])]
 
 
 def test_readme_tables_quote_the_committed_figure_files():
-    tables = quoted_tables((REPO / "README.md").read_text())
-    assert tables, "the README quotes no results file (<!-- rows from PATH --> markers)"
-    for path, rows in tables:
-        source = REPO / path
-        assert source.is_file(), f"README quotes {path}, which is not committed"
-        have = {line.rstrip() for line in source.read_text().splitlines()}
-        assert rows, f"the README's table from {path} has no rows"
-        missing = [row for row in rows if row not in have]
-        assert not missing, f"README rows not in {path} (redraw with `make figures` and copy them): {missing}"
+    text = (REPO / "README.md").read_text()
+    assert quoted_tables(text), "the README quotes no results file (<!-- rows from PATH --> markers)"
+    missing = unquoted_rows(text, REPO)
+    assert not missing, f"README rows not in their file (redraw with `make figures` and copy them): {missing}"
 
 
-@pytest.mark.parametrize("row", ["| dense | 99.9 |"])
-def test_a_changed_number_is_caught(tmp_path, row):
+def test_a_changed_number_is_caught(tmp_path):
     (tmp_path / "t.md").write_text("| method | mrpc |\n|---|---:|\n| dense | 78.6 |\n")
-    have = set((tmp_path / "t.md").read_text().splitlines())
-    rows = quoted_tables(f"<!-- rows from t.md -->\n| method | mrpc |\n|---|---:|\n{row}\n")[0][1]
-    assert [r for r in rows if r not in have] == [row]
+    quote = "<!-- rows from t.md -->\n| method | mrpc |\n|---|---:|\n{}\n"
+    assert unquoted_rows(quote.format("| dense | 99.9 |"), tmp_path) == [("t.md", "| dense | 99.9 |")]
+    assert unquoted_rows(quote.format("| dense | 78.6 |"), tmp_path) == []
