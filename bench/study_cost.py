@@ -503,15 +503,49 @@ def summarize(payload: dict[str, Any]) -> str:
 
 
 # ============================================================== live projection (dry runs)
+#: A stored (task, kind) step time more than this factor above the two-way fit is taken
+#: as slowed by other work on the cores (contention only slows) and replaced by the fit.
+OUTLIER_FACTOR = 1.5
+
+
+def median_polish(cells: Mapping[tuple[str, str], float], iterations: int = 10
+                  ) -> tuple[float, dict[str, float], dict[str, float]]:
+    """Tukey's median polish of ``{(row, col): value}`` (cells may be missing).
+
+    Fits ``value ~ overall + row[r] + col[c]`` by alternately sweeping out row and column
+    medians, so one aberrant cell barely moves the fit.  Returns ``(overall, row, col)``.
+    """
+    resid = dict(cells)
+    rows = {r: 0.0 for r, _ in resid}
+    cols = {c: 0.0 for _, c in resid}
+    overall = 0.0
+    for _ in range(iterations):
+        for effects, axis in ((rows, 0), (cols, 1)):
+            for key in effects:
+                m = statistics.median(v for k, v in resid.items() if k[axis] == key)
+                effects[key] += m
+                for k in resid:
+                    if k[axis] == key:
+                        resid[k] -= m
+            other = cols if axis == 0 else rows
+            m = statistics.median(other.values())
+            overall += m
+            for key in other:
+                other[key] -= m
+    return overall, rows, cols
+
+
 def store_step_table(preset, results_dir: str | os.PathLike[str], cost: Mapping[str, Any] | None = None
                      ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """Seconds per optimizer step by task and step kind for ``preset``'s model, for a live projection.
 
-    Source per (task, kind): the median ``seconds_per_step`` of the finished runs in the
-    store (same model and batch size: today's training, length-grouped batches); else
-    ``make bench``'s measured step time (``cost``: study_cost.json) times the median
-    store/bench ratio over the (task, kind) pairs that have both; else nothing (the
-    projection lists it as missing).  Returns ``(table, source by task)``.
+    The store's finished runs (same model and batch size: today's training, length-grouped
+    batches) give the median ``seconds_per_step`` per (task, kind).  A two-way fit of their
+    logs (:func:`median_polish`: task effect + kind effect) then fills the kinds a stored task
+    lacks and replaces any cell more than :data:`OUTLIER_FACTOR` above the fit: runs timed
+    while other work shared the cores.  A task with no stored run gets ``make bench``'s
+    measured step times (``cost``: study_cost.json) times the median store/bench ratio; else
+    nothing (the projection lists it as missing).  Returns ``(table, source by task)``.
     """
     from nxmlab.study.presets import get_preset
 
@@ -523,23 +557,35 @@ def store_step_table(preset, results_dir: str | os.PathLike[str], cost: Mapping[
         kinds = dict(_phases_kinds(r["label"]))
         if r["phase"] in kinds:
             measured.setdefault((r["task"], kinds[r["phase"]]), []).append(float(r["seconds_per_step"]))
-    table_: dict[str, dict[str, float]] = {}
-    for (task, kind), values in measured.items():
-        table_.setdefault(task, {})[kind] = statistics.median(values)
+    cells = {k: math.log(statistics.median(v)) for k, v in measured.items()}
+    overall, row, col = median_polish(cells) if cells else (0.0, {}, {})
     bench = ((cost or {}).get("seconds_per_step") or {}).get("small", {})
-    ratios = [table_[t][k] / bench[t][k] for t in table_ for k in table_[t] if bench.get(t, {}).get(k)]
+    ratios = [math.exp(v) / bench[t][k] for (t, k), v in cells.items() if bench.get(t, {}).get(k)]
     calib = statistics.median(ratios) if ratios else None
+    table_: dict[str, dict[str, float]] = {}
     source = {}
-    for task in preset.tasks:
+    for task in sorted({t for t, _ in cells} | set(preset.tasks)):
         have = table_.setdefault(task, {})
-        filled = []
+        if task not in row:
+            if calib:
+                have.update({k: bench[task][k] * calib for k in KINDS if bench.get(task, {}).get(k)})
+            source[task] = f"make bench x {calib:.2f} (store/bench ratio)" if have else "none"
+            continue
+        notes = []
         for kind in KINDS:
-            if kind not in have and calib and bench.get(task, {}).get(kind):
-                have[kind] = bench[task][kind] * calib
-                filled.append(kind)
-        source[task] = ("store" if not filled else f"store, {', '.join(filled)} from make bench x {calib:.2f}"
-                        if len(filled) < len(KINDS) else f"make bench x {calib:.2f} (store/bench ratio)")
-    return table_, source
+            if kind not in col:
+                continue
+            fit = math.exp(overall + row[task] + col[kind])
+            if (task, kind) not in cells:
+                have[kind] = fit
+                notes.append(f"{kind} fitted")
+            elif math.exp(cells[task, kind]) > OUTLIER_FACTOR * fit:
+                have[kind] = fit
+                notes.append(f"{kind} {math.exp(cells[task, kind]):.2f} s -> fit {fit:.2f} s")
+            else:
+                have[kind] = math.exp(cells[task, kind])
+        source[task] = "store" + (f" ({', '.join(notes)})" if notes else "")
+    return table_, {t: source[t] for t in preset.tasks}
 
 
 def live_projection(preset, results_dir: str | os.PathLike[str], studies: Iterable[str],

@@ -188,10 +188,47 @@ def test_live_projection_costs_the_preset_from_the_committed_store():
     proj = live_projection("baselines", results, ["table", "patterns"])
     specs = preset_runs("baselines", ["table", "patterns"], str(results))
     assert len(proj["runs"]) == len(specs) == 41 and not proj["missing"]
-    assert set(proj["source"].values()) == {"store"}
+    assert all(s.startswith("store") for s in proj["source"].values())
     unfinished = sum(r["seconds"] for r, s in zip(proj["runs"], specs, strict=True) if not s.folder().finished)
     assert proj["remaining_seconds"] == pytest.approx(unfinished) and proj["total_seconds"] > 0
     cost = json.loads((results.parent / "bench" / "results" / "study_cost.json").read_text())
     cpu = live_projection("cpu", results, ["table"], cost)
     assert len(cpu["runs"]) == 96 and not cpu["missing"]  # CoLA from make bench x the store/bench ratio
     assert 2 * 3600 < cpu["total_seconds"] < 20 * 3600
+
+
+def test_median_polish_recovers_an_additive_table_despite_one_aberrant_cell():
+    from bench.study_cost import median_polish
+
+    rows, cols = {"a": 0.0, "b": 1.0, "c": 2.0}, {"x": 0.0, "y": 0.5, "z": 3.0}
+    cells = {(r, c): rv + cv for r, rv in rows.items() for c, cv in cols.items()}
+    cells["c", "z"] += 4.0  # one cell slowed by other work
+    overall, row, col = median_polish(cells)
+    for (r, c), v in cells.items():
+        fit = overall + row[r] + col[c]
+        assert fit == pytest.approx(rows[r] + cols[c]), (r, c)
+
+
+def test_store_step_table_replaces_contended_cells_and_fills_missing_kinds(monkeypatch):
+    """A (task, kind) timed while the cores were shared (5x the two-way fit) is replaced by
+    the fit; a kind a task never ran is fitted; clean cells keep their store median."""
+    import bench.study_cost as sc
+
+    task_f = {"cola": 0.2, "mrpc": 0.8, "rte": 1.2}
+    kind_f = {"dense": 1.0, "admm": 1.2, "fixed": 1.1, "fixed+kd": 1.4}
+    label_of = {"dense": ("dense", "finetune"), "admm": ("admm", "admm"), "fixed": ("magnitude", "finetune"),
+                "fixed+kd": ("magnitude+kd", "finetune")}
+    records = []
+    for task, tf in task_f.items():
+        for kind, kf in kind_f.items():
+            label, phase = label_of[kind]
+            slow = 5.0 if (task, kind) == ("rte", "fixed") else 1.0
+            records.append({"model": "minilm-l6", "task": task, "label": label, "phase": phase,
+                            "seconds_per_step": tf * kf * slow})
+    monkeypatch.setattr(sc, "store_records", lambda _dir: records)
+    table_, source = sc.store_step_table("cpu", "unused")
+    assert table_["mrpc"]["fixed"] == pytest.approx(0.88)  # clean: the store's own time
+    assert table_["rte"]["fixed"] == pytest.approx(1.2 * 1.1)  # 6.6 s contended -> the fit
+    assert "fixed 6.60 s -> fit 1.32 s" in source["rte"] and source["cola"] == "store"
+    assert "admm+kd" not in table_["cola"]  # no stored admm+kd anywhere: nothing to fit it from
+    assert source["stsb"] == "none" and not table_["stsb"]  # no store, no bench json

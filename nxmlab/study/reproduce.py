@@ -147,6 +147,11 @@ def live_cost(preset: Preset, results_dir: str | os.PathLike[str], studies: Sequ
              f"{proj['total_seconds'] / 3600:.1f} h in all, {proj['remaining_seconds'] / 3600:.1f} h not yet finished",
              "    by task: " + ", ".join(f"{t} {h:.1f} h" for t, h in hours.items()),
              "    step times: " + "; ".join(f"{t}: {s}" for t, s in proj["source"].items())]
+    if len(studies) > 1:  # each study's own runs (a run two studies share counts in both)
+        each = {s: live_projection(preset, results_dir, [s], cost) for s in studies}
+        lines.insert(2, "    by study: " + ", ".join(
+            f"{s} {len(p['runs'])} runs {p['total_seconds'] / 3600:.1f} h ({p['remaining_seconds'] / 3600:.1f} h "
+            f"not finished)" for s, p in each.items() if p["runs"]))
     if proj["missing"]:
         lines.append(f"    not costed (no step time): {len(proj['missing'])} phase(s), e.g. {proj['missing'][0]}")
     return lines
