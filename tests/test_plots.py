@@ -443,9 +443,9 @@ def test_pattern_comparisons_pair_longer_groups_and_the_unstructured_reference(t
                               "magnitude 4:1 - unstructured 25%", "admm 4:2 - unstructured 50%"}
     assert pattern_comparisons(scores.iloc[0:0])[1] == ()
     diffs = pd.DataFrame([["magnitude 8:4 - magnitude 4:2", "magnitude 8:4", "magnitude 4:2", "mrpc", "mrpc",
-                           "42", 1, 1.0, -0.5, 2.5, "unresolved"]],
+                           "42", 1, 1.0, -0.5, 2.5, "unresolved", 1.0, 1.0]],
                          columns=["comparison", "a", "b", "task", "tasks", "seeds", "n_seeds", "diff", "ci_low",
-                                  "ci_high", "verdict"])
+                                  "ci_high", "verdict", "seed_min", "seed_max"])
     written = write_differences(diffs, tmp_path, name="nm_differences")
     assert [p.name for p in written] == ["nm_differences.csv", "nm_differences.md"]
-    assert "| magnitude 8:4 - magnitude 4:2 | mrpc | 1 | +1.00 | [-0.50, +2.50] | unresolved |" in written[1].read_text()
+    assert "| magnitude 8:4 - magnitude 4:2 | mrpc | 1 | +1.00 | – | [-0.50, +2.50] | unresolved |" in written[1].read_text()

@@ -75,17 +75,20 @@ def test_paired_bootstrap_on_real_labels(tmp_path, glue_dir):
     out = paired_bootstrap(scores, tmp_path, str(glue_dir), comps, n_boot=400, seed=1)
     rows = out.set_index(["comparison", "task"])
     first = rows.loc[("admm - magnitude", "rte")]
-    observed = 100 * np.mean([scores.loc[(scores.label == "admm") & (scores.seed == s), "score"].item()
-                              - scores.loc[(scores.label == "magnitude") & (scores.seed == s), "score"].item()
-                              for s in (42, 43, 44)])
-    assert first["diff"] == pytest.approx(observed) and first["n_seeds"] == 3 and first["seeds"] == "42,43,44"
+    per_seed = [100 * (scores.loc[(scores.label == "admm") & (scores.seed == s), "score"].item()
+                       - scores.loc[(scores.label == "magnitude") & (scores.seed == s), "score"].item())
+                for s in (42, 43, 44)]
+    assert first["diff"] == pytest.approx(np.mean(per_seed)) and first["n_seeds"] == 3
+    assert first["seeds"] == "42,43,44" and first["seed_min"] < first["seed_max"]  # the seeds differ
+    assert (first["seed_min"], first["seed_max"]) == pytest.approx((min(per_seed), max(per_seed)))
     assert first["ci_low"] < first["diff"] < first["ci_high"] and first["verdict"] == "supported"
     assert rows.loc[("magnitude - admm", "rte"), "verdict"] == "contradicted"
     same = rows.loc[("same", "rte")]
     assert same["diff"] == same["ci_low"] == same["ci_high"] == 0 and same["verdict"] == "unresolved"
     assert rows.loc[("sr-ste - admm", "rte"), "n_seeds"] == 1  # only the shared seed is paired
     avg = rows.loc[("admm - magnitude", "average")]
-    assert avg["diff"] == pytest.approx(first["diff"]) and avg["tasks"] == "rte"
+    assert avg["diff"] == pytest.approx(first["diff"]) and avg["tasks"] == "rte" and avg["seeds"] == "42,43,44"
+    assert (avg["seed_min"], avg["seed_max"]) == pytest.approx((first["seed_min"], first["seed_max"]))
     again = paired_bootstrap(scores, tmp_path, str(glue_dir), comps, n_boot=400, seed=1)
     pd.testing.assert_frame_equal(out, again)  # a fixed seed: identical intervals
     # the interval width follows the pooling: 3 seeds give a narrower interval than 1

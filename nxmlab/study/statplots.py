@@ -62,11 +62,16 @@ def write_differences(diffs: pd.DataFrame, figures_dir: str | os.PathLike[str] =
     diffs.to_csv(csv, index=False, float_format="%.4f")
     lines = ["# Paired differences (points x100, a - b)\n",
              "Paired bootstrap: validation examples resampled within each seed, seeds pooled "
-             "(nxmlab.study.stats). Verdicts: " + "; ".join(f"{k}: {v}" for k, v in VERDICTS.items()) + ".\n",
-             "| comparison | task | seeds | diff | 95 % CI | verdict |", "|---|---|---|---|---|---|"]
+             "(nxmlab.study.stats). Verdicts: " + "; ".join(f"{k}: {v}" for k, v in VERDICTS.items()) + ". "
+             "The interval covers the choice of validation examples given these training runs, not the "
+             "training seed; `per seed` is the range of the single seeds' differences (the average's: "
+             "each seed averaged over the tasks).\n",
+             "| comparison | task | seeds | diff | per seed | 95 % CI | verdict |", "|---|---|---|---|---|---|---|"]
     for row in diffs.itertuples(index=False):
         task = f"average ({row.tasks})" if row.task == "average" else row.task
-        lines.append(f"| {row.comparison} | {task} | {row.n_seeds} | {row.diff:+.2f} | "
+        spread = (f"{row.seed_min:+.2f} to {row.seed_max:+.2f}"
+                  if row.n_seeds > 1 and pd.notna(row.seed_min) else "–")
+        lines.append(f"| {row.comparison} | {task} | {row.n_seeds} | {row.diff:+.2f} | {spread} | "
                      f"[{row.ci_low:+.2f}, {row.ci_high:+.2f}] | {row.verdict} |")
     md.write_text("\n".join(lines) + "\n")
     return [csv, md]

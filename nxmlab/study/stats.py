@@ -180,14 +180,19 @@ def paired_bootstrap(scores: pd.DataFrame, results_dir: str | Path, glue_dir: st
             e.g. without a task at chance level, reported apart.
 
     Returns:
-        ``comparison, a, b, task, tasks, seeds, n_seeds, diff, ci_low, ci_high, verdict``
-        (x100 score points), one row per comparison and task with paired runs, then one
-        ``task == "average"`` row per comparison over ``tasks`` (``n_seeds``: the fewest
-        seeds of its tasks).  ``diff`` is the observed difference averaged over seeds (and
-        tasks).  Replicates are drawn comparison by comparison, task by task, seed by seed
+        ``comparison, a, b, task, tasks, seeds, n_seeds, diff, ci_low, ci_high, verdict,
+        seed_min, seed_max`` (x100 score points), one row per comparison and task with paired
+        runs, then one ``task == "average"`` row per comparison over ``tasks`` (``n_seeds``:
+        the fewest seeds of its tasks).  ``diff`` is the observed difference averaged over
+        seeds (and tasks); ``seed_min`` / ``seed_max`` are the smallest and largest
+        difference of one seed (for the average: of one seed averaged over the tasks, over
+        the seeds every task shares, else NaN).  The interval resamples examples given
+        these training runs; the per-seed range shows how much the training seed moves the
+        difference, which the interval does not cover.  Replicates are drawn comparison by comparison, task by task, seed by seed
         in frame order, so a fixed frame and ``seed`` give identical intervals.
     """
-    columns = ["comparison", "a", "b", "task", "tasks", "seeds", "n_seeds", "diff", "ci_low", "ci_high", "verdict"]
+    columns = ["comparison", "a", "b", "task", "tasks", "seeds", "n_seeds", "diff", "ci_low", "ci_high", "verdict",
+               "seed_min", "seed_max"]
     if scores.empty:
         return pd.DataFrame(columns=columns)
     rng = np.random.default_rng(seed)
@@ -195,7 +200,7 @@ def paired_bootstrap(scores: pd.DataFrame, results_dir: str | Path, glue_dir: st
     golds: dict[str, pd.Series] = {}
     rows = []
     for comp in comparisons:
-        per_task: dict[str, tuple[float, np.ndarray, int]] = {}
+        per_task: dict[str, tuple[float, np.ndarray, dict[int, float]]] = {}
         for task in dict.fromkeys(scores["task"]):
             part = scores[scores["task"] == task]
             a = part[part["label"] == comp.a].set_index("seed")["run"]
@@ -222,15 +227,18 @@ def paired_bootstrap(scores: pd.DataFrame, results_dir: str | Path, glue_dir: st
                 reps.append(weighted_scores(task, pa.to_numpy(), y, counts)
                             - weighted_scores(task, pb.to_numpy(), y, counts))
             diff, boot = float(np.mean(observed)), np.mean(reps, axis=0)
-            per_task[task] = (diff, boot, len(seeds))
+            per_task[task] = (diff, boot, dict(zip(seeds, observed, strict=True)))
             lo, hi = np.quantile(boot, [alpha, 1 - alpha])
             rows.append([comp.name, comp.a, comp.b, task, task, ",".join(map(str, seeds)), len(seeds),
-                         100 * diff, 100 * lo, 100 * hi, verdict(lo, hi)])
+                         100 * diff, 100 * lo, 100 * hi, verdict(lo, hi), 100 * min(observed), 100 * max(observed)])
         averaged = {t: v for t, v in per_task.items() if average_tasks is None or t in set(average_tasks)}
         if averaged:
             diff = float(np.mean([d for d, _, _ in averaged.values()]))
             boot = np.mean([r for _, r, _ in averaged.values()], axis=0)
             lo, hi = np.quantile(boot, [alpha, 1 - alpha])
-            rows.append([comp.name, comp.a, comp.b, "average", ",".join(averaged), "",
-                         min(k for _, _, k in averaged.values()), 100 * diff, 100 * lo, 100 * hi, verdict(lo, hi)])
+            shared = sorted(set.intersection(*(set(k) for _, _, k in averaged.values())))
+            by_seed = [100 * float(np.mean([k[s] for _, _, k in averaged.values()])) for s in shared]
+            rows.append([comp.name, comp.a, comp.b, "average", ",".join(averaged), ",".join(map(str, shared)),
+                         min(len(k) for _, _, k in averaged.values()), 100 * diff, 100 * lo, 100 * hi, verdict(lo, hi),
+                         min(by_seed, default=np.nan), max(by_seed, default=np.nan)])
     return pd.DataFrame(rows, columns=columns)
