@@ -449,3 +449,34 @@ def test_pattern_comparisons_pair_longer_groups_and_the_unstructured_reference(t
     written = write_differences(diffs, tmp_path, name="nm_differences")
     assert [p.name for p in written] == ["nm_differences.csv", "nm_differences.md"]
     assert "| magnitude 8:4 - magnitude 4:2 | mrpc | 1 | +1.00 | – | [-0.50, +2.50] | unresolved |" in written[1].read_text()
+
+
+def test_forest_plot_draws_each_interval_and_the_seed_range_of_pooled_rows():
+    import matplotlib.pyplot as plt
+
+    from nxmlab.study.statplots import plot_forest
+
+    cols = ["comparison", "a", "b", "task", "tasks", "seeds", "n_seeds", "diff", "ci_low", "ci_high", "verdict",
+            "seed_min", "seed_max"]
+    diffs = pd.DataFrame([
+        ["admm - magnitude", "admm", "magnitude", "cola", "cola", "42,43,44", 3, -4.8, -8.8, -0.9, "contradicted",
+         -5.9, -3.8],
+        ["admm - magnitude", "admm", "magnitude", "rte", "rte", "42", 1, 2.5, -0.7, 6.1, "unresolved", 2.5, 2.5],
+        ["admm - magnitude", "admm", "magnitude", "average", "cola,rte", "42", 1, -1.2, -3.0, 0.5, "unresolved",
+         -1.7, -1.7]], columns=cols)
+    fig = plot_forest(diffs)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["admm - magnitude | average (cola,rte), 1 seed(s)", "admm - magnitude | rte, 1 seed(s)",
+                      "admm - magnitude | cola, 3 seed(s)"]  # first row on top
+    ticks = [line for line in ax.lines if line.get_color() == "tab:red"]
+    assert len(ticks) == 1 and list(ticks[0].get_xdata()) == [-5.9, -3.8]  # only the pooled row
+    assert list(ticks[0].get_ydata()) == [2, 2]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["smallest / largest single seed"]
+    lo, hi = ax.get_xlim()
+    assert lo <= -8.8 and hi >= 6.1
+    plt.close(fig)
+    one_seed = plot_forest(diffs.iloc[1:])
+    assert one_seed.axes[0].get_legend() is None and not [ln for ln in one_seed.axes[0].lines
+                                                          if ln.get_color() == "tab:red"]
+    plt.close(one_seed)

@@ -22,7 +22,8 @@ __all__ = ["plot_forest", "write_differences", "format_verdicts"]
 def plot_forest(diffs: pd.DataFrame):
     """One row per (comparison, task): the observed difference (points, a - b) and its
     paired-bootstrap 95 % interval; averages drawn as filled diamonds, tasks as open circles;
-    a dotted line at 0."""
+    a dotted line at 0.  Where a row pools several seeds, red ticks mark its smallest and
+    largest single-seed difference: the training-seed spread the interval does not cover."""
     rows = list(diffs.itertuples(index=False)) if not diffs.empty else []
     fig, axes = _subplots(width=6.4, height=max(2.4, 0.28 * len(rows) + 1.0))
     ax = axes[0, 0]
@@ -35,8 +36,14 @@ def plot_forest(diffs: pd.DataFrame):
         ax.errorbar(row.diff, y, xerr=[[row.diff - row.ci_low], [row.ci_high - row.diff]], fmt="D" if avg else "o",
                     color="black" if avg else "0.35", mfc="black" if avg else "white", ms=6 if avg else 5, capsize=2,
                     lw=1.4 if avg else 1.0)
+        seed_min, seed_max = getattr(row, "seed_min", None), getattr(row, "seed_max", None)
+        if row.n_seeds > 1 and pd.notna(seed_min) and pd.notna(seed_max):
+            ax.plot([seed_min, seed_max], [y, y], ls="none", marker="|", ms=9, mew=1.5, color="tab:red",
+                    label="smallest / largest single seed" if not ax.get_legend_handles_labels()[0] else None)
         labels.append(f"{row.comparison} | {row.task}" + (f" ({row.tasks})" if avg else "") + f", {row.n_seeds} seed(s)")
     ax.axvline(0.0, color="0.5", ls=":", lw=1)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best", frameon=False)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_xlabel("difference a - b (score points x100), paired bootstrap 95 % CI")
     ax.set_ylim(-0.7, len(labels) - 0.3)
