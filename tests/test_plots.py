@@ -480,3 +480,30 @@ def test_forest_plot_draws_each_interval_and_the_seed_range_of_pooled_rows():
     assert one_seed.axes[0].get_legend() is None and not [ln for ln in one_seed.axes[0].lines
                                                           if ln.get_color() == "tab:red"]
     plt.close(one_seed)
+
+
+def test_claims_table_answers_each_claim_on_its_average_row(tmp_path):
+    from nxmlab.study.statplots import ANSWERS, claims_table, write_differences
+    from nxmlab.study.stats import COMPARISONS
+
+    cols = ["comparison", "a", "b", "task", "tasks", "seeds", "n_seeds", "diff", "ci_low", "ci_high", "verdict",
+            "seed_min", "seed_max"]
+    diffs = pd.DataFrame([
+        ["admm - magnitude", "admm", "magnitude", "cola", "cola", "42,43,44", 3, -4.8, -8.8, -0.9, "contradicted",
+         -5.9, -3.8],
+        ["admm - magnitude", "admm", "magnitude", "average", "cola,mrpc", "42,43,44", 3, -3.0, -5.0, -0.9,
+         "contradicted", -3.5, -2.1],
+        ["KD gain: admm", "admm+kd", "admm", "average", "cola", "42", 1, 1.6, -1.9, 5.1, "unresolved", 1.6, 1.6],
+        ["sr-ste - admm", "sr-ste", "admm", "average", "cola", "42", 1, -2.6, -5.9, 0.4, "unresolved", -2.6, -2.6]],
+        columns=cols)
+    claims = claims_table(diffs)
+    assert list(claims["comparison"]) == ["admm - magnitude", "KD gain: admm"]  # sr-ste - admm: no claim
+    assert list(claims["claim"]) == [c.claim for c in COMPARISONS if c.name in ("admm - magnitude", "KD gain: admm")]
+    assert list(claims["answer"]) == [ANSWERS["contradicted"], ANSWERS["unresolved"]]
+    assert claims.iloc[0][["diff", "ci_low", "ci_high", "seed_min"]].tolist() == [-3.0, -5.0, -0.9, -3.5]
+    md = write_differences(diffs, tmp_path)[1].read_text()
+    assert ("| ADMM beats one-shot magnitude pruning (ASP) | admm - magnitude | cola,mrpc | 3 | -3.00 | "
+            "-3.50 to -2.10 | [-5.00, -0.90] | not supported: resolved the other way |") in md
+    assert "| KD is complementary to ADMM | KD gain: admm | cola | 1 | +1.60 | – | [-1.90, +5.10] | unresolved" in md
+    assert claims_table(diffs[diffs.task != "average"]).empty
+    assert "## The claims" not in write_differences(diffs[diffs.task != "average"], tmp_path)[1].read_text()

@@ -9,14 +9,19 @@ writes it as ``paired_differences.csv`` (numeric) and ``.md`` (with the verdicts
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from .plots import _empty, _subplots
-from .stats import VERDICTS
+from .stats import COMPARISONS, VERDICTS, Comparison
 
-__all__ = ["plot_forest", "write_differences", "format_verdicts"]
+__all__ = ["plot_forest", "write_differences", "format_verdicts", "claims_table", "ANSWERS"]
+
+#: A verdict as the plain answer to a claim ("is a better than b?").
+ANSWERS = {"supported": "supported", "contradicted": "not supported: resolved the other way",
+           "unresolved": "unresolved with this power"}
 
 
 def plot_forest(diffs: pd.DataFrame):
@@ -59,6 +64,28 @@ def format_verdicts(diffs: pd.DataFrame) -> str:
     return "\n".join(out) if out else "no paired runs to compare"
 
 
+def claims_table(diffs: pd.DataFrame, comparisons: Sequence[Comparison] = COMPARISONS) -> pd.DataFrame:
+    """The answer to each claim of ``comparisons`` (those with a ``claim``) on the task
+    average: ``claim, comparison, tasks, n_seeds, diff, seed_min, seed_max, ci_low, ci_high,
+    verdict, answer`` (:data:`ANSWERS`); a claim without an average row is left out."""
+    columns = ["claim", "comparison", "tasks", "n_seeds", "diff", "seed_min", "seed_max", "ci_low", "ci_high",
+               "verdict", "answer"]
+    avg = diffs[diffs["task"] == "average"].set_index("comparison") if not diffs.empty else pd.DataFrame()
+    rows = []
+    for comp in comparisons:
+        if comp.claim and comp.name in avg.index:
+            row = avg.loc[comp.name]
+            rows.append([comp.claim, comp.name, *(row[c] for c in columns[2:-1]), ANSWERS[row["verdict"]]])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _per_seed(row) -> str:
+    """The single seeds' range of a pooled row, ``–`` for one seed."""
+    if row.n_seeds > 1 and pd.notna(row.seed_min) and pd.notna(row.seed_max):
+        return f"{row.seed_min:+.2f} to {row.seed_max:+.2f}"
+    return "–"
+
+
 def write_differences(diffs: pd.DataFrame, figures_dir: str | os.PathLike[str] = "figures",
                       name: str = "paired_differences") -> list[Path]:
     """Write ``<name>.csv`` (the frame, 4 decimals) and ``<name>.md`` (with the verdicts);
@@ -76,9 +103,15 @@ def write_differences(diffs: pd.DataFrame, figures_dir: str | os.PathLike[str] =
              "| comparison | task | seeds | diff | per seed | 95 % CI | verdict |", "|---|---|---|---|---|---|---|"]
     for row in diffs.itertuples(index=False):
         task = f"average ({row.tasks})" if row.task == "average" else row.task
-        spread = (f"{row.seed_min:+.2f} to {row.seed_max:+.2f}"
-                  if row.n_seeds > 1 and pd.notna(row.seed_min) else "–")
-        lines.append(f"| {row.comparison} | {task} | {row.n_seeds} | {row.diff:+.2f} | {spread} | "
+        lines.append(f"| {row.comparison} | {task} | {row.n_seeds} | {row.diff:+.2f} | {_per_seed(row)} | "
                      f"[{row.ci_low:+.2f}, {row.ci_high:+.2f}] | {row.verdict} |")
+    claims = claims_table(diffs)
+    if not claims.empty:
+        lines += ["", "## The claims, answered on the task average\n",
+                  "| claim | comparison | average of | seeds | diff | per seed | 95 % CI | answer |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {row.claim} | {row.comparison} | {row.tasks} | {row.n_seeds} | {row.diff:+.2f} | "
+                  f"{_per_seed(row)} | [{row.ci_low:+.2f}, {row.ci_high:+.2f}] | {row.answer} |"
+                  for row in claims.itertuples(index=False)]
     md.write_text("\n".join(lines) + "\n")
     return [csv, md]

@@ -55,7 +55,7 @@ COMPARISONS: tuple[Comparison, ...] = (
     Comparison("admm+kd - magnitude+kd", "admm+kd", "magnitude+kd", "ADMM beats ASP with KD on both"),
     Comparison("KD gain: magnitude", "magnitude+kd", "magnitude", "KD adds to ASP"),
     Comparison("KD gain: admm", "admm+kd", "admm", "KD is complementary to ADMM"),
-    Comparison("KD gain: sr-ste", "sr-ste+kd", "sr-ste", "KD adds to SR-STE"),
+    Comparison("KD gain: sr-ste", "sr-ste+kd", "sr-ste", "KD adds to SR-STE (not a claim of the paper)"),
     Comparison("sr-ste - admm", "sr-ste", "admm", ""),
     Comparison("wanda - magnitude", "wanda", "magnitude", ""),  # the one-shot baselines against ASP (issue #13)
     Comparison("sparsegpt - magnitude", "sparsegpt", "magnitude", ""),
