@@ -106,23 +106,30 @@ def test_paired_bootstrap_refuses_two_runs_of_one_cell(tmp_path, glue_dir):
 
 
 def test_committed_scores_recompute_from_their_predictions(glue_dir):
-    """Every committed run's score equals its GLUE score recomputed from predictions.parquet."""
-    import json
-
+    """Every committed run's score equals its GLUE score recomputed from predictions.parquet
+    (`nxmlab verify results --rescore`)."""
+    from nxmlab.study.verify import verify_results
     from tests.conftest import REPO_ROOT
 
-    golds, checked = {}, 0
-    for metrics_path in sorted((REPO_ROOT / "results").glob("*/*/metrics.json")):
-        metrics = json.loads(metrics_path.read_text())
-        if metrics.get("status") != "finished":
-            continue
-        task = metrics["task"]
-        if task not in golds:
-            golds[task] = gold_labels(task, str(glue_dir))
-        pred = pd.read_parquet(metrics_path.parent / "predictions.parquet")
-        pred = pred[pred["split"] == "validation"].set_index("idx")["prediction"].reindex(golds[task].index)
-        assert not pred.isna().any(), metrics_path.parent
-        score = glue_metrics(task, pred.to_numpy(), golds[task].to_numpy())["score"]
-        assert score == pytest.approx(metrics["score"], abs=1e-6), metrics_path.parent
-        checked += 1
-    assert checked >= 20
+    checks = verify_results(REPO_ROOT / "results", cache=False, rescore=True, glue_dir=str(glue_dir))
+    assert sum(c.finished for c in checks) >= 140
+    assert not [(c.run, p) for c in checks for p in c.problems if "rescore" in p or "predictions" in p]
+
+
+def test_rescore_catches_a_score_its_predictions_do_not_give(tmp_path, glue_dir):
+    import json
+    import shutil
+
+    from nxmlab.study.verify import verify_results
+    from tests.conftest import REPO_ROOT
+
+    run = next(p.parent for p in sorted((REPO_ROOT / "results" / "rte").glob("dense-*/metrics.json")))
+    copy = tmp_path / "results" / "rte" / run.name
+    shutil.copytree(run, copy)
+    assert verify_results(tmp_path / "results", cache=False, rescore=True, glue_dir=str(glue_dir))[0].ok
+    metrics = json.loads((copy / "metrics.json").read_text())
+    metrics["score"] += 0.01  # one more example right than the predictions say
+    (copy / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    check = verify_results(tmp_path / "results", cache=False, rescore=True, glue_dir=str(glue_dir))[0]
+    assert [p for p in check.problems if p.startswith("predictions.parquet: rescored")], check.problems
+    assert verify_results(tmp_path / "results", cache=False)[0].ok  # without --rescore: not checked

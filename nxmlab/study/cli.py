@@ -85,7 +85,7 @@ def _verify(ns: argparse.Namespace) -> int:
     problem = level_problem(ns.results_dir)
     if problem:
         raise UsageError(problem)
-    checks = verify_results(ns.results_dir, cache=not ns.no_cache)
+    checks = verify_results(ns.results_dir, cache=not ns.no_cache, rescore=ns.rescore, glue_dir=ns.glue_dir)
     for check in checks:
         status = "FAIL" if check.failed else ("ok" if check.ok else "unfinished")
         print(f"{status:10} {check.run}")
@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("results_dir", help="results store, e.g. results")
     verify.add_argument("--no-cache", action="store_true",
                         help="check only the committed files, not the cache (weights, full masks, ADMM state)")
+    verify.add_argument("--rescore", action="store_true",
+                        help="also recompute every score from predictions.parquet and the GLUE validation labels")
+    verify.add_argument("--glue-dir", help="GLUE Parquet mirror for --rescore (default: $NXMLAB_GLUE_DIR, else the Hub)")
     verify.set_defaults(func=_verify)
 
     rep = sub.add_parser("reproduce", help="run the study notebooks of a preset with papermill",

@@ -10,6 +10,9 @@ Every file of every finished run is checked, and every problem names its file:
 * every ``*.parquet``: readable, and not empty where the run must have rows;
   predictions finite;
 * ``mask_sample.npz``: readable; for n:m methods every sampled group keeps exactly m;
+* with ``rescore`` (``nxmlab verify --rescore``): the score recomputed from
+  ``predictions.parquet`` and the GLUE validation labels equals ``metrics.json``'s (tasks
+  with one validation split: not MNLI);
 * the checksums ``metrics.json`` recorded when the run finished (runs finished by
   nxmlab 0.2 with this check; older runs get the structural checks only);
 * the cache, when it is there (``cache=True``): the final model's ``config.json`` and
@@ -223,12 +226,37 @@ def _readable(folder: RunFolder, problems: list[str]) -> None:
         problems.append(f"{RunFolder.MASK_SAMPLE}: {exc.reason}")
 
 
-def verify_run(folder: RunFolder, cache: bool = True) -> RunCheck:
+def _rescore_problem(folder: RunFolder, metrics: dict, gold: Callable[[str], Any]) -> str | None:
+    """Why the score recomputed from the run's predictions is not its recorded score, or ``None``."""
+    from .data import get_task
+    from .metrics import glue_metrics
+    from .stats import load_predictions
+
+    if (metrics.get("score") is None or not folder.file(RunFolder.PREDICTIONS).is_file()
+            or len(get_task(metrics["task"]).eval_splits) > 1):
+        return None
+    try:
+        pred = load_predictions(folder.path.parent, folder.name)
+    except Exception as exc:  # noqa: BLE001 - any unreadable frame is reported by _check_frames
+        return f"{RunFolder.PREDICTIONS}: cannot rescore: {exc}"
+    labels = gold(metrics["task"])
+    if not pred.index.isin(labels.index).all():
+        return f"{RunFolder.PREDICTIONS}: idx values that are not GLUE {metrics['task']} validation examples"
+    score = glue_metrics(metrics["task"], pred.to_numpy(), labels.reindex(pred.index).to_numpy())["score"]
+    if not math.isclose(score, metrics["score"], rel_tol=0.0, abs_tol=1e-6):
+        return (f"{RunFolder.PREDICTIONS}: rescored {score:.6f} from the predictions and the GLUE labels, "
+                f"metrics.json records {metrics['score']:.6f}")
+    return None
+
+
+def verify_run(folder: RunFolder, cache: bool = True, gold: Callable[[str], Any] | None = None) -> RunCheck:
     """Check one run; see the module docstring.
 
     Args:
         folder: The run.
         cache: Also check its cache folder (weights, full masks, ADMM state), when present.
+        gold: ``task -> validation labels`` (a Series by GLUE ``idx``, as
+            :func:`nxmlab.study.stats.gold_labels`): also rescore the run from its predictions.
     """
     check = RunCheck(folder.rel, False)
     problems = check.problems
@@ -310,6 +338,9 @@ def verify_run(folder: RunFolder, cache: bool = True) -> RunCheck:
     _check_checksums(recorded, folder.path, lambda name: name, problems)
     if cache and folder.cache.is_dir():
         _check_cache(folder, metrics, pattern, method.sparse and method.rule.structured, problems)
+    if gold is not None:
+        problem = _rescore_problem(folder, metrics, gold)
+        problems += [problem] if problem else []
     return check
 
 
@@ -326,8 +357,11 @@ def level_problem(results_dir: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def verify_results(results_dir: str | os.PathLike[str], cache: bool = True) -> list[RunCheck]:
-    """Check every run under ``results_dir`` (unfinished runs are listed, not failed).
+def verify_results(results_dir: str | os.PathLike[str], cache: bool = True, rescore: bool = False,
+                   glue_dir: str | None = None) -> list[RunCheck]:
+    """Check every run under ``results_dir`` (unfinished runs are listed, not failed); with
+    ``rescore``, also recompute every score from its predictions and the GLUE labels
+    (``glue_dir``, else ``$NXMLAB_GLUE_DIR``, else the Hub).
 
     Raises:
         ValueError: ``results_dir`` does not exist.
@@ -335,4 +369,11 @@ def verify_results(results_dir: str | os.PathLike[str], cache: bool = True) -> l
     root = Path(results_dir)
     if not root.is_dir():
         raise ValueError(f"results folder {root} does not exist")
-    return [verify_run(folder, cache) for folder in iter_runs(root)]
+    gold = None
+    if rescore:
+        from functools import cache as memo
+
+        from .stats import gold_labels
+
+        gold = memo(lambda task: gold_labels(task, glue_dir))
+    return [verify_run(folder, cache, gold) for folder in iter_runs(root)]
