@@ -133,3 +133,20 @@ def test_rescore_catches_a_score_its_predictions_do_not_give(tmp_path, glue_dir)
     check = verify_results(tmp_path / "results", cache=False, rescore=True, glue_dir=str(glue_dir))[0]
     assert [p for p in check.problems if p.startswith("predictions.parquet: rescored")], check.problems
     assert verify_results(tmp_path / "results", cache=False)[0].ok  # without --rescore: not checked
+
+
+def test_the_average_has_a_per_seed_range_only_when_its_tasks_share_their_seeds(tmp_path, glue_dir):
+    rng = np.random.default_rng(3)
+    stores = {}
+    for task, seeds in (("rte", (42, 43)), ("mrpc", (42, 43, 44))):
+        gold = gold_labels(task, str(glue_dir)).to_numpy()
+        runs = {(label, s): np.where(rng.random(len(gold)) < p, gold, 1 - gold)
+                for s in seeds for label, p in (("admm", 0.8), ("magnitude", 0.6))}
+        stores[task] = _store(tmp_path, glue_dir, task, runs)[1]
+    scores = pd.concat(stores.values(), ignore_index=True)
+    rows = paired_bootstrap(scores, tmp_path, str(glue_dir), COMPARISONS[:1], n_boot=50).set_index("task")
+    assert rows.at["average", "seeds"] == "" and np.isnan(rows.at["average", "seed_min"])  # 2 vs 3 seeds
+    assert rows.at["mrpc", "seed_min"] <= rows.at["mrpc", "diff"] <= rows.at["mrpc", "seed_max"]
+    same = paired_bootstrap(scores[scores.seed < 44], tmp_path, str(glue_dir), COMPARISONS[:1], n_boot=50)
+    avg = same.set_index("task").loc["average"]
+    assert avg["seeds"] == "42,43" and avg["seed_min"] <= avg["diff"] <= avg["seed_max"]

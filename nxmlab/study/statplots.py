@@ -99,7 +99,7 @@ def write_differences(diffs: pd.DataFrame, figures_dir: str | os.PathLike[str] =
              "(nxmlab.study.stats). Verdicts: " + "; ".join(f"{k}: {v}" for k, v in VERDICTS.items()) + ". "
              "The interval covers the choice of validation examples given these training runs, not the "
              "training seed; `per seed` is the range of the single seeds' differences (the average's: "
-             "each seed averaged over the tasks).\n",
+             "each seed averaged over the tasks, when every task has the same seeds).\n",
              "| comparison | task | seeds | diff | per seed | 95 % CI | verdict |", "|---|---|---|---|---|---|---|"]
     for row in diffs.itertuples(index=False):
         task = f"average ({row.tasks})" if row.task == "average" else row.task

@@ -185,8 +185,8 @@ def paired_bootstrap(scores: pd.DataFrame, results_dir: str | Path, glue_dir: st
         runs, then one ``task == "average"`` row per comparison over ``tasks`` (``n_seeds``:
         the fewest seeds of its tasks).  ``diff`` is the observed difference averaged over
         seeds (and tasks); ``seed_min`` / ``seed_max`` are the smallest and largest
-        difference of one seed (for the average: of one seed averaged over the tasks, over
-        the seeds every task shares, else NaN).  The interval resamples examples given
+        difference of one seed (for the average: of one seed averaged over the tasks, when
+        every task has the same seeds, else NaN; ``seeds`` is then empty).  The interval resamples examples given
         these training runs; the per-seed range shows how much the training seed moves the
         difference, which the interval does not cover.  Replicates are drawn comparison by comparison, task by task, seed by seed
         in frame order, so a fixed frame and ``seed`` give identical intervals.
@@ -236,7 +236,8 @@ def paired_bootstrap(scores: pd.DataFrame, results_dir: str | Path, glue_dir: st
             diff = float(np.mean([d for d, _, _ in averaged.values()]))
             boot = np.mean([r for _, r, _ in averaged.values()], axis=0)
             lo, hi = np.quantile(boot, [alpha, 1 - alpha])
-            shared = sorted(set.intersection(*(set(k) for _, _, k in averaged.values())))
+            seed_sets = {tuple(sorted(k)) for _, _, k in averaged.values()}
+            shared = list(seed_sets.pop()) if len(seed_sets) == 1 else []  # one seed set, or no per-seed range
             by_seed = [100 * float(np.mean([k[s] for _, _, k in averaged.values()])) for s in shared]
             rows.append([comp.name, comp.a, comp.b, "average", ",".join(averaged), ",".join(map(str, shared)),
                          min(len(k) for _, _, k in averaged.values()), 100 * diff, 100 * lo, 100 * hi, verdict(lo, hi),
