@@ -499,11 +499,16 @@ def test_claims_table_answers_each_claim_on_its_average_row(tmp_path):
     claims = claims_table(diffs)
     assert list(claims["comparison"]) == ["admm - magnitude", "KD gain: admm"]  # sr-ste - admm: no claim
     assert list(claims["claim"]) == [c.claim for c in COMPARISONS if c.name in ("admm - magnitude", "KD gain: admm")]
-    assert list(claims["answer"]) == [ANSWERS["contradicted"], ANSWERS["unresolved"]]
+    assert list(claims["answer"]) == [ANSWERS["contradicted"] + "; the paper's +1.70 is outside the interval",
+                                      ANSWERS["unresolved"]]
+    wide = claims_table(diffs.assign(ci_high=3.0, verdict="unresolved"))  # an interval that holds the paper's +1.7
+    assert wide["answer"].iloc[0] == ANSWERS["unresolved"] + "; the paper's +1.70 is inside the interval"
     assert claims.iloc[0][["diff", "ci_low", "ci_high", "seed_min"]].tolist() == [-3.0, -5.0, -0.9, -3.5]
     md = write_differences(diffs, tmp_path)[1].read_text()
-    assert ("| ADMM beats one-shot magnitude pruning (ASP) | admm - magnitude | cola,mrpc | 3 | -3.00 | "
-            "-3.50 to -2.10 | [-5.00, -0.90] | not supported: resolved the other way |") in md
-    assert "| KD is complementary to ADMM | KD gain: admm | cola | 1 | +1.60 | – | [-1.90, +5.10] | unresolved" in md
+    assert ("| ADMM beats one-shot magnitude pruning (ASP) | admm - magnitude | +1.70 | cola,mrpc | 3 | -3.00 | "
+            "-3.50 to -2.10 | [-5.00, -0.90] | not supported: resolved the other way; the paper's +1.70 is outside "
+            "the interval |") in md
+    assert ("| KD is complementary to ADMM | KD gain: admm | – | cola | 1 | +1.60 | – | [-1.90, +5.10] | "
+            "unresolved with this power |") in md
     assert claims_table(diffs[diffs.task != "average"]).empty
     assert "## The claims" not in write_differences(diffs[diffs.task != "average"], tmp_path)[1].read_text()

@@ -66,16 +66,21 @@ def format_verdicts(diffs: pd.DataFrame) -> str:
 
 def claims_table(diffs: pd.DataFrame, comparisons: Sequence[Comparison] = COMPARISONS) -> pd.DataFrame:
     """The answer to each claim of ``comparisons`` (those with a ``claim``) on the task
-    average: ``claim, comparison, tasks, n_seeds, diff, seed_min, seed_max, ci_low, ci_high,
-    verdict, answer`` (:data:`ANSWERS`); a claim without an average row is left out."""
-    columns = ["claim", "comparison", "tasks", "n_seeds", "diff", "seed_min", "seed_max", "ci_low", "ci_high",
-               "verdict", "answer"]
+    average: ``claim, comparison, paper, tasks, n_seeds, diff, seed_min, seed_max, ci_low,
+    ci_high, verdict, answer`` (:data:`ANSWERS`, and whether the paper's reported difference
+    lies in the interval, where it reports one); a claim without an average row is left out."""
+    columns = ["claim", "comparison", "paper", "tasks", "n_seeds", "diff", "seed_min", "seed_max", "ci_low",
+               "ci_high", "verdict", "answer"]
     avg = diffs[diffs["task"] == "average"].set_index("comparison") if not diffs.empty else pd.DataFrame()
     rows = []
     for comp in comparisons:
         if comp.claim and comp.name in avg.index:
             row = avg.loc[comp.name]
-            rows.append([comp.claim, comp.name, *(row[c] for c in columns[2:-1]), ANSWERS[row["verdict"]]])
+            answer = ANSWERS[row["verdict"]]
+            if comp.paper is not None:
+                inside = row["ci_low"] <= comp.paper <= row["ci_high"]
+                answer += f"; the paper's {comp.paper:+.2f} is {'inside' if inside else 'outside'} the interval"
+            rows.append([comp.claim, comp.name, comp.paper, *(row[c] for c in columns[3:-1]), answer])
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -108,9 +113,10 @@ def write_differences(diffs: pd.DataFrame, figures_dir: str | os.PathLike[str] =
     claims = claims_table(diffs)
     if not claims.empty:
         lines += ["", "## The claims, answered on the task average\n",
-                  "| claim | comparison | average of | seeds | diff | per seed | 95 % CI | answer |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {row.claim} | {row.comparison} | {row.tasks} | {row.n_seeds} | {row.diff:+.2f} | "
+                  "| claim | comparison | paper (BERT-base) | average of | seeds | diff | per seed | 95 % CI | answer |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {row.claim} | {row.comparison} | {'–' if pd.isna(row.paper) else f'{row.paper:+.2f}'} | "
+                  f"{row.tasks} | {row.n_seeds} | {row.diff:+.2f} | "
                   f"{_per_seed(row)} | [{row.ci_low:+.2f}, {row.ci_high:+.2f}] | {row.answer} |"
                   for row in claims.itertuples(index=False)]
     md.write_text("\n".join(lines) + "\n")
