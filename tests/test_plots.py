@@ -472,13 +472,16 @@ def test_forest_plot_draws_each_interval_and_the_seed_range_of_pooled_rows():
     ticks = [line for line in ax.lines if line.get_color() == "tab:red"]
     assert len(ticks) == 1 and list(ticks[0].get_xdata()) == [-5.9, -3.8]  # only the pooled row
     assert list(ticks[0].get_ydata()) == [2, 2]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["smallest / largest single seed"]
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["smallest / largest single seed",
+                                                                        "the paper's difference (BERT-base)"]
+    stars = [line for line in ax.lines if line.get_color() == "tab:blue"]
+    assert len(stars) == 1 and list(stars[0].get_xdata()) == [1.7] and list(stars[0].get_ydata()) == [0]
     lo, hi = ax.get_xlim()
     assert lo <= -8.8 and hi >= 6.1
     plt.close(fig)
-    one_seed = plot_forest(diffs.iloc[1:])
+    one_seed = plot_forest(diffs.iloc[1:2])
     assert one_seed.axes[0].get_legend() is None and not [ln for ln in one_seed.axes[0].lines
-                                                          if ln.get_color() == "tab:red"]
+                                                          if ln.get_color() in ("tab:red", "tab:blue")]
     plt.close(one_seed)
 
 

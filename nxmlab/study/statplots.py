@@ -28,7 +28,10 @@ def plot_forest(diffs: pd.DataFrame):
     """One row per (comparison, task): the observed difference (points, a - b) and its
     paired-bootstrap 95 % interval; averages drawn as filled diamonds, tasks as open circles;
     a dotted line at 0.  Where a row pools several seeds, red ticks mark its smallest and
-    largest single-seed difference: the training-seed spread the interval does not cover."""
+    largest single-seed difference: the training-seed spread the interval does not cover.  A
+    blue star on an average row marks the paper's reported difference (BERT-base), where
+    :data:`~nxmlab.study.stats.COMPARISONS` holds one."""
+    paper = {c.name: c.paper for c in COMPARISONS if c.paper is not None}
     rows = list(diffs.itertuples(index=False)) if not diffs.empty else []
     fig, axes = _subplots(width=6.4, height=max(2.4, 0.28 * len(rows) + 1.0))
     ax = axes[0, 0]
@@ -44,11 +47,15 @@ def plot_forest(diffs: pd.DataFrame):
         seed_min, seed_max = getattr(row, "seed_min", None), getattr(row, "seed_max", None)
         if row.n_seeds > 1 and pd.notna(seed_min) and pd.notna(seed_max):
             ax.plot([seed_min, seed_max], [y, y], ls="none", marker="|", ms=9, mew=1.5, color="tab:red",
-                    label="smallest / largest single seed" if not ax.get_legend_handles_labels()[0] else None)
+                    label="smallest / largest single seed" if "smallest / largest single seed" not in
+                    ax.get_legend_handles_labels()[1] else None)
+        if avg and row.comparison in paper:
+            ax.plot([paper[row.comparison]], [y], ls="none", marker="*", ms=9, color="tab:blue",
+                    label="the paper's difference (BERT-base)")
         labels.append(f"{row.comparison} | {row.task}" + (f" ({row.tasks})" if avg else "") + f", {row.n_seeds} seed(s)")
     ax.axvline(0.0, color="0.5", ls=":", lw=1)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best", frameon=False)
+        ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=True)  # above the rows
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_xlabel("difference a - b (score points x100), paired bootstrap 95 % CI")
     ax.set_ylim(-0.7, len(labels) - 0.3)
