@@ -87,6 +87,18 @@ def test_other_settings_are_not_pooled_as_seeds():
     assert "| dense [2 ep] | 54.9 | 54.9 |" in to_markdown(table)
 
 
+def test_a_setting_fixed_per_task_does_not_split_rows():
+    """cpu trains STS-B at lr 1e-4 and the other tasks at 5e-5: one row per method; a setting
+    that differs within one task still splits."""
+    df = pd.DataFrame([_row("dense", "stsb", 42, 85.0, epochs=3.0), _row("dense", "mrpc", 42, 80.0, epochs=2.0),
+                       _row("dense", "mrpc", 43, 82.0, epochs=2.0)])
+    table = glue_table(df, ["mrpc", "stsb"])
+    assert list(table.index) == ["dense"] and table.loc["dense", "mrpc"] == "81.0 ± 1.4"
+    assert table.loc["dense", "stsb"] == "85.0"
+    split = glue_table(pd.concat([df, pd.DataFrame([_row("dense", "stsb", 43, 70.0, epochs=6.0)])], ignore_index=True), ["mrpc", "stsb"])
+    assert set(split.index) == {"dense [2 ep]", "dense [3 ep]", "dense [6 ep]"}
+
+
 def _write_run(root, name, seed, retrain, score, version=STORE_VERSION):
     folder = root / "rte" / name
     folder.mkdir(parents=True)

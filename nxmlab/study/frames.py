@@ -225,16 +225,19 @@ def seed_summary(scores: pd.DataFrame, tasks: Sequence[str] | None = None, value
 
 
 def _setting_suffixes(df: pd.DataFrame) -> pd.Series:
-    """`` [key=value, ...]`` for the setting keys (and rho) that differ between runs of the same label."""
+    """`` [key=value, ...]`` for the setting keys (and rho) that differ between runs of the same
+    label on the same task (a setting fixed per task, e.g. a tuned learning rate, does not split)."""
     settings = df["setting"].map(json.loads) if "setting" in df else pd.Series([{}] * len(df), index=df.index)
     if "rho" in df:
         settings = pd.Series([{**s, "rho": r} if pd.notna(r) else s for s, r in zip(settings, df["rho"], strict=True)],
                              index=df.index)
     first = ["rho", "training.num_train_epochs", "retrain_epochs"]
     out = pd.Series("", index=df.index)
+    task = df["task"] if "task" in df else pd.Series("", index=df.index)
     for _, group in settings.groupby(df["label"], sort=False):
         keys = sorted(set().union(*group.tolist()), key=lambda k: (first.index(k) if k in first else len(first), k))
-        differing = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in group}) > 1]
+        differing = [k for k in keys if any(len({json.dumps(s.get(k), sort_keys=True) for s in part}) > 1
+                                            for _, part in group.groupby(task[group.index], sort=False))]
         if differing:
             out[group.index] = group.map(lambda s: " [" + ", ".join(_describe(k, s[k]) for k in differing if k in s)
                                          + "]")
