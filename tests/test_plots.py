@@ -502,15 +502,20 @@ def test_claims_table_answers_each_claim_on_its_average_row(tmp_path):
     claims = claims_table(diffs)
     assert list(claims["comparison"]) == ["admm - magnitude", "KD gain: admm"]  # sr-ste - admm: no claim
     assert list(claims["claim"]) == [c.claim for c in COMPARISONS if c.name in ("admm - magnitude", "KD gain: admm")]
-    assert list(claims["answer"]) == [ANSWERS["contradicted"] + "; the paper's +1.70 is outside the interval",
-                                      ANSWERS["unresolved"]]
+    assert list(claims["answer"]) == [ANSWERS["contradicted"] + "; the paper's +1.70 is outside the interval; "
+                                      "every single seed has the same sign", ANSWERS["unresolved"]]  # 1 seed: no sign
     wide = claims_table(diffs.assign(ci_high=3.0, verdict="unresolved"))  # an interval that holds the paper's +1.7
-    assert wide["answer"].iloc[0] == ANSWERS["unresolved"] + "; the paper's +1.70 is inside the interval"
+    assert wide["answer"].iloc[0].startswith(ANSWERS["unresolved"] + "; the paper's +1.70 is inside the interval")
+    split = diffs.assign(seed_max=[-3.8, 0.4, 1.6, -2.6])  # the average's seeds now straddle 0
+    assert claims_table(split)["answer"].iloc[0].endswith("outside the interval; the single seeds differ in sign")
+    split_md = write_differences(split, tmp_path / "split")[1].read_text()
+    assert "| [-5.00, -0.90] | contradicted; seeds differ in sign |" in split_md
+    assert "| [-8.80, -0.90] | contradicted |" in split_md  # cola: -5.9 to -3.8, one sign
     assert claims.iloc[0][["diff", "ci_low", "ci_high", "seed_min"]].tolist() == [-3.0, -5.0, -0.9, -3.5]
     md = write_differences(diffs, tmp_path)[1].read_text()
     assert ("| ADMM beats one-shot magnitude pruning (ASP) | admm - magnitude | +1.70 | cola,mrpc | 3 | -3.00 | "
             "-3.50 to -2.10 | [-5.00, -0.90] | not supported: resolved the other way; the paper's +1.70 is outside "
-            "the interval |") in md
+            "the interval; every single seed has the same sign |") in md
     assert ("| KD is complementary to ADMM | KD gain: admm | – | cola | 1 | +1.60 | – | [-1.90, +5.10] | "
             "unresolved with this power |") in md
     assert claims_table(diffs[diffs.task != "average"]).empty

@@ -91,6 +91,11 @@ def test_paired_bootstrap_on_real_labels(tmp_path, glue_dir):
     assert (avg["seed_min"], avg["seed_max"]) == pytest.approx((first["seed_min"], first["seed_max"]))
     again = paired_bootstrap(scores, tmp_path, str(glue_dir), comps, n_boot=400, seed=1)
     pd.testing.assert_frame_equal(out, again)  # a fixed seed: identical intervals
+    # each cell has its own stream: other comparisons before it leave its interval as it was
+    reordered = paired_bootstrap(scores, tmp_path, str(glue_dir), comps[::-1], n_boot=400, seed=1)
+    pd.testing.assert_frame_equal(reordered.set_index(["comparison", "task"]).loc[rows.index], rows)
+    other = paired_bootstrap(scores, tmp_path, str(glue_dir), comps[:1], n_boot=400, seed=2)
+    assert other["ci_low"].iloc[0] != first["ci_low"]  # ... and another seed draws other replicates
     # the interval width follows the pooling: 3 seeds give a narrower interval than 1
     one = paired_bootstrap(scores[scores.seed == 42], tmp_path, str(glue_dir), comps[:1], n_boot=400, seed=1)
     assert (one.ci_high - one.ci_low).iloc[0] > first["ci_high"] - first["ci_low"]

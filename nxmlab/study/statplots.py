@@ -75,7 +75,8 @@ def claims_table(diffs: pd.DataFrame, comparisons: Sequence[Comparison] = COMPAR
     """The answer to each claim of ``comparisons`` (those with a ``claim``) on the task
     average: ``claim, comparison, paper, tasks, n_seeds, diff, seed_min, seed_max, ci_low,
     ci_high, verdict, answer`` (:data:`ANSWERS`, and whether the paper's reported difference
-    lies in the interval, where it reports one); a claim without an average row is left out."""
+    lies in the interval, where it reports one, and whether the single seeds agree in sign,
+    where there are several); a claim without an average row is left out."""
     columns = ["claim", "comparison", "paper", "tasks", "n_seeds", "diff", "seed_min", "seed_max", "ci_low",
                "ci_high", "verdict", "answer"]
     avg = diffs[diffs["task"] == "average"].set_index("comparison") if not diffs.empty else pd.DataFrame()
@@ -87,8 +88,19 @@ def claims_table(diffs: pd.DataFrame, comparisons: Sequence[Comparison] = COMPAR
             if comp.paper is not None:
                 inside = row["ci_low"] <= comp.paper <= row["ci_high"]
                 answer += f"; the paper's {comp.paper:+.2f} is {'inside' if inside else 'outside'} the interval"
+            signs = _seed_signs(row)
+            answer += f"; {signs}" if signs else ""
             rows.append([comp.claim, comp.name, comp.paper, *(row[c] for c in columns[3:-1]), answer])
     return pd.DataFrame(rows, columns=columns)
+
+
+def _seed_signs(row) -> str:
+    """Whether a pooled row's single-seed differences share one sign (``""`` for one seed):
+    the bootstrap interval does not cover the training seed, this says if a seed could flip it."""
+    lo, hi = row.seed_min, row.seed_max  # a Series (claims_table) or a named tuple (write_differences)
+    if row.n_seeds < 2 or pd.isna(lo) or pd.isna(hi):
+        return ""
+    return "the single seeds differ in sign" if lo <= 0 <= hi else "every single seed has the same sign"
 
 
 def _per_seed(row) -> str:
@@ -111,12 +123,14 @@ def write_differences(diffs: pd.DataFrame, figures_dir: str | os.PathLike[str] =
              "(nxmlab.study.stats). Verdicts: " + "; ".join(f"{k}: {v}" for k, v in VERDICTS.items()) + ". "
              "The interval covers the choice of validation examples given these training runs, not the "
              "training seed; `per seed` is the range of the single seeds' differences (the average's: "
-             "each seed averaged over the tasks, when every task has the same seeds).\n",
+             "each seed averaged over the tasks, when every task has the same seeds); a verdict is marked `seeds differ in "
+             "sign` where that range holds 0, so that another training seed could reverse it.\n",
              "| comparison | task | seeds | diff | per seed | 95 % CI | verdict |", "|---|---|---|---|---|---|---|"]
     for row in diffs.itertuples(index=False):
         task = f"average ({row.tasks})" if row.task == "average" else row.task
         lines.append(f"| {row.comparison} | {task} | {row.n_seeds} | {row.diff:+.2f} | {_per_seed(row)} | "
-                     f"[{row.ci_low:+.2f}, {row.ci_high:+.2f}] | {row.verdict} |")
+                     f"[{row.ci_low:+.2f}, {row.ci_high:+.2f}] | {row.verdict}"
+                     f"{'; seeds differ in sign' if _seed_signs(row).endswith('differ in sign') else ''} |")
     claims = claims_table(diffs)
     if not claims.empty:
         lines += ["", "## The claims, answered on the task average\n",

@@ -19,6 +19,7 @@ correlation of the resample's mid-ranks.  With unit weights they equal
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import pandas as pd
 from .data import get_task, load_glue
 
 __all__ = ["Comparison", "COMPARISONS", "weighted_scores", "gold_labels", "load_predictions",
-           "paired_bootstrap", "verdict", "VERDICTS"]
+           "paired_bootstrap", "resampling_stream", "verdict", "VERDICTS"]
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,13 @@ def load_predictions(results_dir: str | Path, run: str) -> pd.Series:
 
 
 # --------------------------------------------------------------------------- bootstrap
+def resampling_stream(seed: int, *names) -> np.random.Generator:
+    """The bootstrap's random stream for one cell, e.g. ``(seed, comparison, task, training
+    seed)``: a function of those values alone (CRC-32 of each name, not Python's salted
+    ``hash``), the same in every process and whatever else is resampled."""
+    return np.random.default_rng([seed, *(zlib.crc32(str(name).encode()) for name in names)])
+
+
 def paired_bootstrap(scores: pd.DataFrame, results_dir: str | Path, glue_dir: str | None = None,
                      comparisons: Sequence[Comparison] = COMPARISONS, n_boot: int = 2000, seed: int = 0,
                      confidence: float = 0.95, average_tasks: Sequence[str] | None = None) -> pd.DataFrame:
@@ -191,14 +199,15 @@ def paired_bootstrap(scores: pd.DataFrame, results_dir: str | Path, glue_dir: st
         difference of one seed (for the average: of one seed averaged over the tasks, when
         every task has the same seeds, else NaN; ``seeds`` is then empty).  The interval resamples examples given
         these training runs; the per-seed range shows how much the training seed moves the
-        difference, which the interval does not cover.  Replicates are drawn comparison by comparison, task by task, seed by seed
-        in frame order, so a fixed frame and ``seed`` give identical intervals.
+        difference, which the interval does not cover.  Each (comparison, task, training seed)
+        draws its replicates from its own stream, fixed by ``seed`` and those names
+        (:func:`resampling_stream`), so an interval never moves when runs of other tasks or
+        comparisons are added to the frame, and a fixed ``seed`` gives identical intervals.
     """
     columns = ["comparison", "a", "b", "task", "tasks", "seeds", "n_seeds", "diff", "ci_low", "ci_high", "verdict",
                "seed_min", "seed_max"]
     if scores.empty:
         return pd.DataFrame(columns=columns)
-    rng = np.random.default_rng(seed)
     alpha = (1.0 - confidence) / 2.0
     golds: dict[str, pd.Series] = {}
     rows = []
@@ -223,6 +232,7 @@ def paired_bootstrap(scores: pd.DataFrame, results_dir: str | Path, glue_dir: st
                     raise ValueError(f"{task}: {a[s]} and {b[s]} did not predict the same validation examples")
                 y = gold.reindex(pa.index).to_numpy()  # every example, or the runs' eval_limit subset
                 n = len(y)
+                rng = resampling_stream(seed, comp.name, task, s)
                 counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
                 ones = np.ones((1, n))
                 observed.append(float(weighted_scores(task, pa.to_numpy(), y, ones)[0]
