@@ -382,8 +382,17 @@ class Interrupt:
                             lambda run, spec, callbacks: init(run, spec, [*callbacks, self.callback]))
 
 
+@pytest.fixture
+def foreground_sigint():
+    """SIGINT raises KeyboardInterrupt, as in a terminal, also when the suite runs as a
+    background job, which inherits SIGINT ignored (then the signal would do nothing)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_sigint_is_one_line_and_resume_falls_back_past_a_checkpoint_that_does_not_load(
-        base, tmp_path, glue_dir, capsys, caplog, monkeypatch):
+        base, tmp_path, glue_dir, capsys, caplog, monkeypatch, foreground_sigint):
     from safetensors.torch import load_file
 
     root = tmp_path / "store"
