@@ -88,19 +88,19 @@ def claims_table(diffs: pd.DataFrame, comparisons: Sequence[Comparison] = COMPAR
             if comp.paper is not None:
                 inside = row["ci_low"] <= comp.paper <= row["ci_high"]
                 answer += f"; the paper's {comp.paper:+.2f} is {'inside' if inside else 'outside'} the interval"
-            signs = _seed_signs(row)
-            answer += f"; {signs}" if signs else ""
+            split = _seeds_split(row)
+            if split is not None:
+                answer += "; the single seeds differ in sign" if split else "; every single seed has the same sign"
             rows.append([comp.claim, comp.name, comp.paper, *(row[c] for c in columns[3:-1]), answer])
     return pd.DataFrame(rows, columns=columns)
 
 
-def _seed_signs(row) -> str:
-    """Whether a pooled row's single-seed differences share one sign (``""`` for one seed):
-    the bootstrap interval does not cover the training seed, this says if a seed could flip it."""
-    lo, hi = row.seed_min, row.seed_max  # a Series (claims_table) or a named tuple (write_differences)
-    if row.n_seeds < 2 or pd.isna(lo) or pd.isna(hi):
-        return ""
-    return "the single seeds differ in sign" if lo <= 0 <= hi else "every single seed has the same sign"
+def _seeds_split(row) -> bool | None:
+    """Whether a pooled row's single-seed differences straddle 0 (``None`` for one seed): the
+    bootstrap interval does not cover the training seed, this says if a seed could flip it."""
+    if row.n_seeds < 2 or pd.isna(row.seed_min) or pd.isna(row.seed_max):  # a Series or a named tuple
+        return None
+    return bool(row.seed_min <= 0 <= row.seed_max)
 
 
 def _per_seed(row) -> str:
@@ -130,7 +130,7 @@ def write_differences(diffs: pd.DataFrame, figures_dir: str | os.PathLike[str] =
         task = f"average ({row.tasks})" if row.task == "average" else row.task
         lines.append(f"| {row.comparison} | {task} | {row.n_seeds} | {row.diff:+.2f} | {_per_seed(row)} | "
                      f"[{row.ci_low:+.2f}, {row.ci_high:+.2f}] | {row.verdict}"
-                     f"{'; seeds differ in sign' if _seed_signs(row).endswith('differ in sign') else ''} |")
+                     f"{'; seeds differ in sign' if _seeds_split(row) else ''} |")
     claims = claims_table(diffs)
     if not claims.empty:
         lines += ["", "## The claims, answered on the task average\n",
