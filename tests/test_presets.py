@@ -357,8 +357,6 @@ def test_reproduce_runs_the_presets_own_notebooks(tmp_path, capsys):
     assert "convergence:" in out and "rho_analysis:" in out and "glue_table:" not in out
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="cpu's RTE seeds 43 and 44 are still training (issue #14); strict: "
-                   "remove this mark with the run that completes the table")
 def test_the_committed_cpu_table_is_complete_with_three_seeds_where_required(capsys):
     """Issue #14's acceptance: ``nxmlab table results --csv`` has 3 seeds of every (task,
     method) pair of ``cpu`` outside ``one_seed`` (1 seed for those), with a ``run`` column
