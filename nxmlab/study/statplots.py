@@ -95,19 +95,20 @@ def claims_table(diffs: pd.DataFrame, comparisons: Sequence[Comparison] = COMPAR
     return pd.DataFrame(rows, columns=columns)
 
 
+def _has_seed_range(row) -> bool:
+    """Whether a pooled row (a Series or a named tuple) has a range of several single seeds."""
+    return row.n_seeds > 1 and pd.notna(row.seed_min) and pd.notna(row.seed_max)
+
+
 def _seeds_split(row) -> bool | None:
     """Whether a pooled row's single-seed differences straddle 0 (``None`` for one seed): the
     bootstrap interval does not cover the training seed, this says if a seed could flip it."""
-    if row.n_seeds < 2 or pd.isna(row.seed_min) or pd.isna(row.seed_max):  # a Series or a named tuple
-        return None
-    return bool(row.seed_min <= 0 <= row.seed_max)
+    return bool(row.seed_min <= 0 <= row.seed_max) if _has_seed_range(row) else None
 
 
 def _per_seed(row) -> str:
     """The single seeds' range of a pooled row, ``–`` for one seed."""
-    if row.n_seeds > 1 and pd.notna(row.seed_min) and pd.notna(row.seed_max):
-        return f"{row.seed_min:+.2f} to {row.seed_max:+.2f}"
-    return "–"
+    return f"{row.seed_min:+.2f} to {row.seed_max:+.2f}" if _has_seed_range(row) else "–"
 
 
 def write_differences(diffs: pd.DataFrame, figures_dir: str | os.PathLike[str] = "figures",
