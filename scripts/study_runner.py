@@ -53,9 +53,11 @@ def queue(items: list[str], results_dir: str) -> list:
 
 
 def commit(path: Path) -> None:
-    """Commit one finished run folder, and nothing else."""
-    subprocess.run(["git", "add", "--", str(path)], check=True)
-    subprocess.run(["git", "commit", "-q", "-m", f"results: {path}", "--", str(path)], check=True)
+    """Commit one finished run folder, and nothing else, in the repository that holds it (the
+    runner may run from another checkout, e.g. a snapshot worktree, with ``--results-dir``
+    pointing into the working repository)."""
+    subprocess.run(["git", "add", "--", "."], check=True, cwd=path)
+    subprocess.run(["git", "commit", "-q", "-m", f"results: {path}", "--", "."], check=True, cwd=path)
 
 
 def main(argv: list[str] | None = None) -> int:

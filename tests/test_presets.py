@@ -18,7 +18,8 @@ from nxmlab.study.reproduce import NOTEBOOKS, notebook_dir, plan
 from nxmlab.study.store import atomic_write_json
 
 # (table runs, rho-sweep runs, all runs deduplicated)
-EXPECTED = {"smoke": (12, 3, 19), "quick": (6, 0, 6), "baselines": (21, 0, 41), "convergence": (3, 3, 18), "cpu": (96, 0, 144), "paper": (40, 6, 44)}
+EXPECTED = {"smoke": (12, 3, 19), "quick": (6, 0, 6), "baselines": (21, 0, 41), "convergence": (3, 3, 18), "cpu": (96, 0, 144), "paper": (40, 6, 44),
+            "protocol": (9, 0, 36)}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -41,11 +42,22 @@ def test_every_preset_builds_valid_runs(name):
             assert args.num_train_epochs == dict(preset.options)["dense_epochs"]
         else:
             assert args.num_train_epochs == preset.epochs
-        tuned = dict(dict(preset.task_options).get(spec.task.name, ()))
-        assert args.learning_rate == tuned.get("learning_rate", preset.learning_rate)
-        assert args.per_device_train_batch_size == preset.batch_size and args.seed in preset.seeds
+        tuned = {**dict(preset.options), **dict(dict(preset.task_options).get(spec.task.name, ()))}
+        if spec.cfg.heldout is not None:  # a selection run: a grid point on the held-out split
+            assert spec.cfg.heldout == preset.heldout and args.seed == preset.selection_seed
+            assert spec.method.sparse or args.learning_rate == tuned.get("dense_learning_rate", preset.learning_rate)
+            continue
+        if spec.method.sparse:
+            assert args.learning_rate == tuned.get("learning_rate", preset.learning_rate)
+            assert args.per_device_train_batch_size == preset.batch_size
+        else:
+            assert args.learning_rate == tuned.get("dense_learning_rate", tuned.get("learning_rate",
+                                                                                  preset.learning_rate))
+            assert args.per_device_train_batch_size == tuned.get("dense_batch_size", preset.batch_size)
+        assert args.seed in preset.seeds
     labels = {spec.label for spec in table}
-    assert set(preset.methods) <= labels <= set(preset.methods) | {"dense"}
+    ready = {lb for lb in preset.methods if not any(preset.pending(t, lb) for t in preset.tasks)}
+    assert ready <= labels <= set(preset.methods) | {"dense"}
     # the default-rho run of the sweep is the table's admm run
     table_dirs = {spec.folder().path for spec in table}
     shared = [spec.folder().path for spec in rho if spec.cfg.rho == preset.rho]
@@ -107,7 +119,7 @@ def test_cpu_preset_seeds_one_seed_labels_and_task_options():
 
 
 def test_unknown_preset_and_bad_overrides():
-    with pytest.raises(ValueError, match=r"unknown preset 'nope'; choose one of: smoke, quick, baselines, convergence, cpu, paper"):
+    with pytest.raises(ValueError, match=r"unknown preset 'nope'; choose one of: smoke, quick, baselines, convergence, cpu, protocol, paper"):
         get_preset("nope")
     with pytest.raises(ValueError, match="unknown preset field"):
         resolve_preset("smoke", colour="red")
@@ -141,7 +153,7 @@ def test_every_notebook_exists():
 def test_reproduce_unknown_preset_exits_2_with_one_line(capsys):
     assert main(["reproduce", "--preset", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["nxmlab: error: unknown preset 'nope'; choose one of: smoke, quick, baselines, convergence, cpu, paper"]
+    assert err == ["nxmlab: error: unknown preset 'nope'; choose one of: smoke, quick, baselines, convergence, cpu, protocol, paper"]
 
 
 def test_reproduce_unknown_preset_exit_status_of_the_command(tmp_path):
@@ -149,7 +161,7 @@ def test_reproduce_unknown_preset_exit_status_of_the_command(tmp_path):
                           text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "nxmlab: error: unknown preset 'nope'; choose one of: smoke, quick, baselines, convergence, cpu, paper"]
+        "nxmlab: error: unknown preset 'nope'; choose one of: smoke, quick, baselines, convergence, cpu, protocol, paper"]
 
 
 def test_reproduce_unknown_notebook_exits_2(capsys, tmp_path):

@@ -21,7 +21,7 @@ from transformers import TrainingArguments
 from ..admm import DECOUPLED_SCOPES, U_INITS, validate_rho
 from ..nxm import NxM
 from ..targets import COMPONENTS
-from .data import GlueTask, get_task
+from .data import HELDOUT_SEED, GlueTask, get_task
 from .distributed import launched_world_size
 from .methods import METHODS, Method, get_method, method_label
 from .store import STORE_VERSION, RunFolder, config_hash
@@ -78,6 +78,13 @@ class RunConfig:
         "help": "admm, with --decoupled_penalty: pull 'all' positions, or only those Z prunes ('pruned'; the kept "
                 "ones train freely)."})
     dense_epochs: float | None = field(default=None, metadata={"help": "Epochs of the dense teacher/start run (default: num_train_epochs)."})
+    dense_batch_size: int | None = field(default=None, metadata={
+        "help": "Batch size of the dense teacher/start run (default: this run's per_device_train_batch_size)."})
+    dense_learning_rate: float | None = field(default=None, metadata={
+        "help": "Learning rate of the dense teacher/start run (default: this run's learning_rate)."})
+    heldout: float | None = field(default=None, metadata={
+        "help": "Selection runs: hold out this fraction of the training set (a split fixed by the task, seed "
+                f"{HELDOUT_SEED}), train on the rest and score on it instead of the GLUE validation set."})
     max_seq_length: int = field(default=128, metadata={"help": "Tokens per example (dynamic padding)."})
     kd_temperature: float = field(default=2.0, metadata={"help": "KD softmax temperature."})
     kd_alpha: float = field(default=0.5, metadata={"help": "KD weight of the teacher term in [0, 1]."})
@@ -262,7 +269,12 @@ class RunSpec:
         for name in ("calibration_examples", "admm_interval", "admm_updates_per_epoch", "admm_steps", "train_limit", "eval_limit", "max_seq_length", "log_interval"):
             if getattr(cfg, name) is not None:
                 _positive(name, getattr(cfg, name), integer=True)
-        for name in ("dense_epochs", "kd_temperature"):
+        if cfg.heldout is not None and not (isinstance(cfg.heldout, float | int) and not isinstance(cfg.heldout, bool)
+                                            and 0 < cfg.heldout <= 0.5):
+            raise ValueError(f"heldout must be a fraction in (0, 0.5], got {cfg.heldout!r}")
+        if cfg.dense_batch_size is not None:
+            _positive("dense_batch_size", cfg.dense_batch_size, integer=True)
+        for name in ("dense_epochs", "dense_learning_rate", "kd_temperature"):
             if getattr(cfg, name) is not None:
                 _positive(name, getattr(cfg, name))
         if not 0.0 <= cfg.kd_alpha <= 1.0:
@@ -306,6 +318,7 @@ class RunSpec:
             config.update(kd=self.kd, pattern=str(self.pattern), components=list(self.components))
             if self.method.needs_dense(self):
                 config["dense_epochs"] = self.dense_epochs
+                config.update(non_default(cfg, ("dense_batch_size", "dense_learning_rate")))
         if self.kd:
             config.update(kd_temperature=cfg.kd_temperature, kd_alpha=cfg.kd_alpha)
             if cfg.teacher is not None:
@@ -314,17 +327,21 @@ class RunSpec:
             value = getattr(cfg, option)
             config[option] = float(value) if option.endswith("_epochs") else value
         config.update(non_default(cfg, self.method.optional))
+        config.update(non_default(cfg, ("heldout",)))  # selection runs: another training set and score
         return config
 
     def folder(self) -> RunFolder:
-        """``<results>/<task>/<label>[-<n>x<m>][-rho<r>]-<model>-seed<S>-<hash>``."""
+        """``<results>/<task>/<label>[-<n>x<m>][-rho<r>]-<model>-seed<S>[-heldout]-<hash>``."""
         parts = [self.label]
         if self.method.sparse:
             parts.append(str(self.pattern).replace(":", "x"))
         if "rho" in self.method.options:
             parts.append(f"rho{self.cfg.rho:g}")
         model = Path(self.cfg.model.rstrip("/")).name.replace(".", "_") or "model"
-        parts += [model, f"seed{self.seed}", config_hash(self.canonical())]
+        parts += [model, f"seed{self.seed}"]
+        if self.cfg.heldout is not None:  # a selection run: scored on held-out training examples
+            parts.append("heldout")
+        parts.append(config_hash(self.canonical()))
         return RunFolder(self.cfg.results_dir, self.task.name, "-".join(parts))
 
     def dense(self) -> RunSpec:
@@ -335,4 +352,8 @@ class RunSpec:
         cfg = dataclasses.replace(self.cfg, method="dense", kd=False, overwrite=False, teacher=None)
         args = copy.deepcopy(self.args)
         args.num_train_epochs = self.dense_epochs
+        if cfg.dense_batch_size is not None:
+            args.per_device_train_batch_size = cfg.dense_batch_size
+        if cfg.dense_learning_rate is not None:
+            args.learning_rate = cfg.dense_learning_rate
         return RunSpec.parse(cfg, args)

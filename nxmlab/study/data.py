@@ -28,6 +28,8 @@ __all__ = [
     "GLUE_DIR_ENV",
     "GLUE_HUB_ID",
     "GLUE_TASKS",
+    "HELDOUT_SEED",
+    "heldout_split",
     "GlueTask",
     "check_labels",
     "get_task",
@@ -39,6 +41,9 @@ __all__ = [
 
 #: Environment variable naming the local GLUE Parquet mirror.
 GLUE_DIR_ENV = "NXMLAB_GLUE_DIR"
+#: Seed of the held-out split of a training set (:func:`heldout_split`): fixed, so every
+#: selection run of a task holds out the same examples, whatever its training seed.
+HELDOUT_SEED = 20211206
 #: Hub dataset used when no local mirror is configured.
 GLUE_HUB_ID = "nyu-mll/glue"
 
@@ -277,6 +282,31 @@ def load_glue(
         ds = ds.select(range(limit))
     check_labels(ds, spec, split, str(path) if root is not None else f"{GLUE_HUB_ID}/{spec.name}/{split}")
     return ds
+
+
+def heldout_split(dataset: Dataset, fraction: float, seed: int = HELDOUT_SEED) -> tuple[Dataset, Dataset]:
+    """``(train, heldout)``: a seeded split of a training set for choosing settings.
+
+    ``round(fraction * len(dataset))`` examples (at least one) are held out; both parts
+    keep the dataset's order and its ``idx`` column, so the held-out examples are named by
+    their GLUE ``idx`` (a selection run's ``predictions.parquet`` lists them, split
+    ``heldout``).  The split depends on ``seed`` and the dataset alone, never on a run's
+    training seed.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 0.5], or a dataset too small to split.
+    """
+    import numpy as np
+
+    if not 0 < fraction <= 0.5:
+        raise ValueError(f"heldout must be a fraction in (0, 0.5], got {fraction!r}")
+    n = len(dataset)
+    k = max(1, round(fraction * n))
+    if k >= n:
+        raise ValueError(f"cannot hold out {k} of {n} training examples")
+    chosen = np.zeros(n, dtype=bool)
+    chosen[np.random.default_rng(seed).permutation(n)[:k]] = True
+    return dataset.select(np.flatnonzero(~chosen)), dataset.select(np.flatnonzero(chosen))
 
 
 def check_labels(dataset: Dataset, task: str | GlueTask, split: str, source: str) -> None:

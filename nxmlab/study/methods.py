@@ -253,7 +253,8 @@ def register(method: Method) -> Method:
 register(Method("dense", "fine-tune the pretrained model (the KD teacher and ASP's start)",
                 (Train("finetune"),), kd=False))
 register(Method("magnitude", "NVIDIA ASP: one-shot magnitude n:m mask of the dense model, then masked fine-tuning",
-                (Prune(MAGNITUDE), Train("finetune")), start=_dense_start, options=("mask_source",)))
+                (Prune(MAGNITUDE), Train("finetune")), start=_dense_start, options=("mask_source",),
+                optional=("train_only_targets",)))
 register(Method("admm", "NxMTransformer: ADMM fine-tuning towards n:m, hard prune, masked retraining",
                 (Train("admm", hooks=ADMMHooks, steps="admm_steps"), Prune(PROJECTION), Train("retrain", "retrain_epochs")),
                 start=_admm_start,

@@ -39,7 +39,7 @@ from ..masking import apply_masks, magnitude_nxm_masks
 from ..nxm import is_nxm
 from ..targets import select_targets, train_only
 from .config import NxMTrainingArguments, RunConfig, RunSpec
-from .data import load_glue, tokenize_glue
+from .data import heldout_split, load_glue, tokenize_glue
 from .distributed import check_launch, check_replicated, decide, is_main
 from .frames import mask_distance_table
 from .methods import MaskContext, Prune
@@ -84,10 +84,15 @@ class _Run:
         self.pretrained, self.tokenizer = load_model_and_tokenizer(
             cfg.model, spec.task.num_labels, is_regression=spec.task.is_regression, seed=spec.seed)
         raw = load_glue(spec.task.name, spec.task.train_split, cfg.glue_dir, limit=cfg.train_limit)
+        if cfg.heldout is not None:  # a selection run: train on the rest, score on the held-out part
+            raw, heldout = heldout_split(raw, cfg.heldout)
+            evals = {"heldout": heldout}
+        else:
+            evals = {split: load_glue(spec.task.name, split, cfg.glue_dir, limit=cfg.eval_limit)
+                     for split in spec.task.eval_splits}
         self.train = tokenize_glue(raw, spec.task, self.tokenizer, cfg.max_seq_length)
         self.evals, self.eval_idx = {}, {}
-        for split in spec.task.eval_splits:
-            raw = load_glue(spec.task.name, split, cfg.glue_dir, limit=cfg.eval_limit)
+        for split, raw in evals.items():
             self.eval_idx[split] = list(raw["idx"]) if "idx" in raw.column_names else list(range(len(raw)))
             self.evals[split] = tokenize_glue(raw, spec.task, self.tokenizer, cfg.max_seq_length)
         self.collator = DataCollatorWithPadding(self.tokenizer)
