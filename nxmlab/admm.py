@@ -371,6 +371,7 @@ def loss_free_run(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     max_grad_norm: float | None = None,
+    reference: Mapping[str, torch.Tensor] | None = None,
 ) -> list[dict[str, float]]:
     """The ADMM schedule with no task loss: the control run of the convergence study.
 
@@ -387,7 +388,10 @@ def loss_free_run(
         ``dual`` (residual norms over all targets),
         ``flips`` (fraction of positions), ``start_distance`` (mask distance of Z to the
         magnitude mask of the start weights) and, on the last record only,
-        ``final_distance`` (of the last Z mask to the magnitude mask of the final W).
+        ``final_distance`` (of the last Z mask to the magnitude mask of the final W) and,
+        given ``reference`` masks (e.g. a training run's final masks),
+        ``reference_distance``: the mask distance of the control's own hard prune
+        (Proj of its final W) to ``reference``.
     """
     if interval < 1:
         raise ValueError(f"interval must be >= 1, got {interval}")
@@ -424,4 +428,7 @@ def loss_free_run(
     if records:
         final = {n: nxm_mask(p.detach(), admm.pattern, n) for n, p in admm.params.items()}
         records[-1]["final_distance"] = sum(int((admm.masks[n] ^ final[n]).sum()) for n in final) / (2 * kept)
+        if reference is not None:
+            records[-1]["reference_distance"] = (sum(int((final[n] ^ reference[n].bool()).sum()) for n in final)
+                                                 / (2 * kept))
     return records

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .presets import Preset, get_preset, make_run
-from .store import RunFolder, read_jsonl
+from .store import RunFolder, load_masks, read_jsonl
 
 __all__ = ["convergence_runs", "load_convergence", "load_updates", "choose_default", "DEFAULT_RULE", "backfill_loss_free"]
 
@@ -201,6 +201,7 @@ def backfill_loss_free(preset: str | Preset, results_dir: str | os.PathLike[str]
         steps_per_epoch = round(phase["steps"] / phase["epochs"])
         hooks = ADMMHooks(spec, folder, model, lambda m: select_targets(m, spec.components, pattern=spec.pattern),
                           steps_per_epoch)
-        folder.write_frame(RunFolder.LOSS_FREE, hooks.loss_free())
+        final = load_masks(folder.masks_file, "final").get("final") if folder.masks_file.is_file() else None
+        folder.write_frame(RunFolder.LOSS_FREE, hooks.loss_free(final))
         written.append(run.run)
     return written

@@ -199,6 +199,7 @@ class ADMMHooks:
         flips = sum(r["flips"] for r in updates if r["step"] == last_step) / numel if updates else None
         update_steps = sorted({r["step"] for r in updates})
         flips_last_two = [sum(r["flips"] for r in updates if r["step"] == s) / numel for s in update_steps[-2:]]
+        flips_first = sum(r["flips"] for r in updates if r["step"] == update_steps[0]) / numel if updates else None
         z_masks = state["masks"]
         kept = sum(int(m.sum()) for m in final_masks.values()) + sum(int(z_masks[n].sum()) for n in final_masks)
         differ = sum(int((z_masks[n].bool() ^ m.bool()).sum()) for n, m in final_masks.items())
@@ -213,7 +214,11 @@ class ADMMHooks:
             snapshots["admm_mid"] = load_file(self.folder.mid_weights)
         self.folder.write_frame(RunFolder.MAGNITUDES, magnitude_sample(snapshots, final_masks))
         self.folder.write_frame(RunFolder.Z_MASKS, self._z_mask_distances(update_steps, final_masks, references or {}))
-        self.folder.write_frame(RunFolder.LOSS_FREE, self.loss_free())
+        loss_free = self.loss_free(final_masks)
+        self.folder.write_frame(RunFolder.LOSS_FREE, loss_free)
+        loss_free_distance = (float(loss_free["reference_distance"].dropna().iloc[-1])
+                              if "reference_distance" in loss_free and loss_free["reference_distance"].notna().any()
+                              else None)
         rel_dist = math.sqrt(pruned / total) if total > 0 else 0.0
         converged = is_converged(rel_dist, flips_last_two, z_distance, cost)
         if not converged:
@@ -223,6 +228,7 @@ class ADMMHooks:
                            "unknown" if cost is None else f"{cost:.3g}", CONVERGENCE)
         return {"rel_dist_at_prune": rel_dist, "flips_last_update": flips, "updates": len(update_steps),
                 "flips_last_two": flips_last_two, "z_final_mask_distance": z_distance, "prune_cost_points": cost,
+                "flips_first_update": flips_first, "mask_dist_loss_free": loss_free_distance,
                 "converged": converged}
 
 
@@ -243,8 +249,9 @@ class ADMMHooks:
                 rows.append({"step": step, "reference": name, "distance": differ / kept if kept else 0.0})
         return pd.DataFrame(rows, columns=["step", "reference", "distance"])
 
-    def loss_free(self) -> pd.DataFrame:
-        """The control: this phase's ADMM schedule on the start weights with no task loss."""
+    def loss_free(self, final_masks: Mapping[str, torch.Tensor] | None = None) -> pd.DataFrame:
+        """The control: this phase's ADMM schedule on the start weights with no task loss
+        (its last record's ``reference_distance``: its own prune mask against ``final_masks``)."""
         from transformers import get_scheduler
 
         args, cfg = self.spec.args, self.spec.cfg
@@ -264,7 +271,8 @@ class ADMMHooks:
                                 rho_factor=cfg.rho_factor, rho_max=cfg.rho_max, u_init=cfg.u_init,
                                 decoupled=cfg.decoupled_penalty, decoupled_scope=cfg.decoupled_scope, betas=(args.adam_beta1, args.adam_beta2),
                                 eps=args.adam_epsilon, weight_decay=args.weight_decay,
-                                max_grad_norm=args.max_grad_norm if cfg.penalty_before_clip else None)
+                                max_grad_norm=args.max_grad_norm if cfg.penalty_before_clip else None,
+                                reference=final_masks)
         return pd.DataFrame.from_records(records).astype({"rho_used": "float64"})
 
 
