@@ -155,3 +155,22 @@ def test_the_average_has_a_per_seed_range_only_when_its_tasks_share_their_seeds(
     same = paired_bootstrap(scores[scores.seed < 44], tmp_path, str(glue_dir), COMPARISONS[:1], n_boot=50)
     avg = same.set_index("task").loc["average"]
     assert avg["seeds"] == "42,43" and avg["seed_min"] <= avg["diff"] <= avg["seed_max"]
+
+
+def test_the_verdict_follows_an_interval_that_covers_the_training_seed(tmp_path, glue_dir):
+    """Seeds that disagree in sign: the examples-only interval is narrow and resolved, the
+    two-level interval (seeds, then examples) contains 0 and the verdict says unresolved."""
+    rng = np.random.default_rng(5)
+    gold = gold_labels("stsb", str(glue_dir)).to_numpy()
+    runs = {}
+    for seed, (pa, pb) in zip((42, 43, 44), ((0.95, 0.6), (0.9, 0.6), (0.6, 0.9)), strict=True):
+        for label, q in (("admm", pa), ("magnitude", pb)):  # q: share of the signal in the prediction
+            runs[(label, seed)] = np.round(q * gold + (1 - q) * rng.uniform(0, 5, len(gold)), 2)
+    _, scores = _store(tmp_path, glue_dir, "stsb", runs)
+    row = paired_bootstrap(scores, tmp_path, str(glue_dir), COMPARISONS[:1], n_boot=400).iloc[0]
+    assert row["seed_min"] < 0 < row["seed_max"] and row["interval"] == "seeds+examples"
+    assert row["ex_verdict"] == "supported"  # 1,500 examples: the examples alone look decisive
+    assert row["ci_low"] < 0 < row["ci_high"] and row["verdict"] == "unresolved"
+    assert row["ci_high"] - row["ci_low"] > row["ex_ci_high"] - row["ex_ci_low"]
+    one = paired_bootstrap(scores[scores.seed == 42], tmp_path, str(glue_dir), COMPARISONS[:1], n_boot=400).iloc[0]
+    assert one["interval"] == "examples" and (one["ci_low"], one["ci_high"]) == (one["ex_ci_low"], one["ex_ci_high"])

@@ -26,9 +26,9 @@ ANSWERS = {"supported": "supported", "contradicted": "not supported: resolved th
 
 def plot_forest(diffs: pd.DataFrame):
     """One row per (comparison, task): the observed difference (points, a - b) and its
-    paired-bootstrap 95 % interval; averages drawn as filled diamonds, tasks as open circles;
-    a dotted line at 0.  Where a row pools several seeds, red ticks mark its smallest and
-    largest single-seed difference: the training-seed spread the interval does not cover.  A
+    two-level paired-bootstrap 95 % interval (seeds, then examples); averages drawn as filled
+    diamonds, tasks as open circles; a dotted line at 0.  Where a row pools several seeds, red
+    ticks mark its smallest and largest single-seed difference.  A
     blue star on an average row marks the paper's reported difference (BERT-base), where
     :data:`~nxmlab.study.stats.COMPARISONS` holds one."""
     paper = {c.name: c.paper for c in COMPARISONS if c.paper is not None}
@@ -57,7 +57,7 @@ def plot_forest(diffs: pd.DataFrame):
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=True)  # above the rows
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    ax.set_xlabel("difference a - b (score points x100), paired bootstrap 95 % CI")
+    ax.set_xlabel("difference a - b (score points x100), 95 % CI over seeds and examples")
     ax.set_ylim(-0.7, len(labels) - 0.3)
     return fig
 
@@ -88,6 +88,8 @@ def claims_table(diffs: pd.DataFrame, comparisons: Sequence[Comparison] = COMPAR
             if comp.paper is not None:
                 inside = row["ci_low"] <= comp.paper <= row["ci_high"]
                 answer += f"; the paper's {comp.paper:+.2f} is {'inside' if inside else 'outside'} the interval"
+            if row.get("interval") == "examples":
+                answer += "; one seed: the interval covers the validation examples only"
             split = _seeds_split(row)
             if split is not None:
                 answer += "; the single seeds differ in sign" if split else "; every single seed has the same sign"
@@ -102,7 +104,7 @@ def _has_seed_range(row) -> bool:
 
 def _seeds_split(row) -> bool | None:
     """Whether a pooled row's single-seed differences straddle 0 (``None`` for one seed): the
-    bootstrap interval does not cover the training seed, this says if a seed could flip it."""
+    two-level interval resamples them, this says so plainly."""
     return bool(row.seed_min <= 0 <= row.seed_max) if _has_seed_range(row) else None
 
 
@@ -120,18 +122,24 @@ def write_differences(diffs: pd.DataFrame, figures_dir: str | os.PathLike[str] =
     csv, md = folder / f"{name}.csv", folder / f"{name}.md"
     diffs.to_csv(csv, index=False, float_format="%.4f")
     lines = ["# Paired differences (points x100, a - b)\n",
-             "Paired bootstrap: validation examples resampled within each seed, seeds pooled "
-             "(nxmlab.study.stats). Verdicts: " + "; ".join(f"{k}: {v}" for k, v in VERDICTS.items()) + ". "
-             "The interval covers the choice of validation examples given these training runs, not the "
-             "training seed; `per seed` is the range of the single seeds' differences (the average's: "
-             "each seed averaged over the tasks, when every task has the same seeds); a verdict is marked `seeds differ in "
-             "sign` where that range holds 0, so that another training seed could reverse it.\n",
-             "| comparison | task | seeds | diff | per seed | 95 % CI | verdict |", "|---|---|---|---|---|---|---|"]
+             "Two-level paired bootstrap (nxmlab.study.stats): each replicate resamples the training seeds "
+             "with replacement, then the validation examples within each drawn seed, so the `95 % CI` covers "
+             "the seed-to-seed variance as well as the examples'; with one seed it covers the examples only "
+             "(`examples`). The verdict follows that interval: " + "; ".join(f"{k}: {v}" for k, v in VERDICTS.items())
+             + ". `examples-only CI` resamples the examples with the seeds fixed (the interval before issue "
+             "#28). `per seed` is the range of the single seeds' differences (the average's: each seed "
+             "averaged over the tasks, when every task has the same seeds); `seeds differ in sign` marks a "
+             "range that holds 0.\n",
+             "| comparison | task | seeds | diff | per seed | 95 % CI | verdict | examples-only CI |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in diffs.itertuples(index=False):
         task = f"average ({row.tasks})" if row.task == "average" else row.task
+        covers = "" if getattr(row, "interval", "seeds+examples") == "seeds+examples" else " (examples)"
+        ex = (f"[{row.ex_ci_low:+.2f}, {row.ex_ci_high:+.2f}] {row.ex_verdict}" if hasattr(row, "ex_ci_low")
+              else "–")
         lines.append(f"| {row.comparison} | {task} | {row.n_seeds} | {row.diff:+.2f} | {_per_seed(row)} | "
-                     f"[{row.ci_low:+.2f}, {row.ci_high:+.2f}] | {row.verdict}"
-                     f"{'; seeds differ in sign' if _seeds_split(row) else ''} |")
+                     f"[{row.ci_low:+.2f}, {row.ci_high:+.2f}]{covers} | {row.verdict}"
+                     f"{'; seeds differ in sign' if _seeds_split(row) else ''} | {ex} |")
     claims = claims_table(diffs)
     if not claims.empty:
         lines += ["", "## The claims, answered on the task average\n",

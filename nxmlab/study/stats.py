@@ -8,7 +8,11 @@ seed, a resample of the validation examples (with replacement), scores both runs
 with the task's GLUE score, and averages ``score(a) - score(b)`` over the seeds
 ("resampling validation examples within each seed and pooling the seeds").  The task
 average draws every task independently and averages the pooled task differences.
-Intervals are percentile intervals of ``n_boot`` replicates from a fixed seed.
+The training seed is resampled too (issue #28): a replicate first draws the seeds with
+replacement, then the examples within each drawn seed (a two-level bootstrap), so that an
+interval that reads "supported" covers the seed-to-seed variance; the examples-only
+interval is kept beside it.  Intervals are percentile intervals of ``n_boot`` replicates
+from a fixed seed.
 
 The metrics are computed exactly on multiplicity weights (a resample is a vector of
 counts), vectorised over the replicates: accuracy, binary F1 and MCC from weighted
@@ -29,7 +33,7 @@ import pandas as pd
 
 from .data import get_task, load_glue
 
-__all__ = ["Comparison", "COMPARISONS", "weighted_scores", "gold_labels", "load_predictions",
+__all__ = ["Comparison", "COMPARISONS", "COVERS", "weighted_scores", "gold_labels", "load_predictions",
            "paired_bootstrap", "resampling_stream", "verdict", "VERDICTS"]
 
 
@@ -192,20 +196,29 @@ def paired_bootstrap(scores: pd.DataFrame, results_dir: str | Path, glue_dir: st
 
     Returns:
         ``comparison, a, b, task, tasks, seeds, n_seeds, diff, ci_low, ci_high, verdict,
-        seed_min, seed_max`` (x100 score points), one row per comparison and task with paired
-        runs, then one ``task == "average"`` row per comparison over ``tasks`` (``n_seeds``:
-        the fewest seeds of its tasks).  ``diff`` is the observed difference averaged over
-        seeds (and tasks); ``seed_min`` / ``seed_max`` are the smallest and largest
-        difference of one seed (for the average: of one seed averaged over the tasks, when
-        every task has the same seeds, else NaN; ``seeds`` is then empty).  The interval resamples examples given
-        these training runs; the per-seed range shows how much the training seed moves the
-        difference, which the interval does not cover.  Each (comparison, task, training seed)
+        seed_min, seed_max, interval, ex_ci_low, ex_ci_high, ex_verdict`` (x100 score
+        points), one row per comparison and task with paired runs, then one ``task ==
+        "average"`` row per comparison over ``tasks`` (``n_seeds``: the fewest seeds of its
+        tasks).  ``diff`` is the observed difference averaged over seeds (and tasks);
+        ``seed_min`` / ``seed_max`` are the smallest and largest difference of one seed (for
+        the average: of one seed averaged over the tasks, when every task has the same
+        seeds, else NaN; ``seeds`` is then empty).
+
+        ``ci_low, ci_high, verdict`` come from a **two-level bootstrap** (issue #28): each
+        replicate resamples the training seeds with replacement, then the validation
+        examples within each drawn seed, so the interval covers the seed-to-seed variance
+        as well as the examples' (``interval == "seeds+examples"``).  With one seed it can
+        only resample examples (``interval == "examples"``).  ``ex_ci_low, ex_ci_high,
+        ex_verdict`` are the examples-only interval of the same replicates (seeds fixed),
+        kept for comparison.  With S seeds the two-level interval is coarse: the seed
+        draws take at most C(2S-1, S) distinct multisets (10 for three seeds).  Each
+        (comparison, task, training seed)
         draws its replicates from its own stream, fixed by ``seed`` and those names
         (:func:`resampling_stream`), so an interval never moves when runs of other tasks or
         comparisons are added to the frame, and a fixed ``seed`` gives identical intervals.
     """
     columns = ["comparison", "a", "b", "task", "tasks", "seeds", "n_seeds", "diff", "ci_low", "ci_high", "verdict",
-               "seed_min", "seed_max"]
+               "seed_min", "seed_max", "interval", "ex_ci_low", "ex_ci_high", "ex_verdict"]
     if scores.empty:
         return pd.DataFrame(columns=columns)
     alpha = (1.0 - confidence) / 2.0
@@ -239,20 +252,56 @@ def paired_bootstrap(scores: pd.DataFrame, results_dir: str | Path, glue_dir: st
                                        - weighted_scores(task, pb.to_numpy(), y, ones)[0]))
                 reps.append(weighted_scores(task, pa.to_numpy(), y, counts)
                             - weighted_scores(task, pb.to_numpy(), y, counts))
-            diff, boot = float(np.mean(observed)), np.mean(reps, axis=0)
-            per_task[task] = (diff, boot, dict(zip(seeds, observed, strict=True)))
-            lo, hi = np.quantile(boot, [alpha, 1 - alpha])
-            rows.append([comp.name, comp.a, comp.b, task, task, ",".join(map(str, seeds)), len(seeds),
-                         100 * diff, 100 * lo, 100 * hi, verdict(lo, hi), 100 * min(observed), 100 * max(observed)])
+            reps = np.asarray(reps)
+            diff, examples = float(np.mean(observed)), reps.mean(axis=0)
+            both = _two_level(reps, resampling_stream(seed, comp.name, task, "seeds"))
+            per_task[task] = (diff, both, examples, dict(zip(seeds, observed, strict=True)))
+            rows.append([comp.name, comp.a, comp.b, task, task, ",".join(map(str, seeds)), len(seeds), 100 * diff,
+                         *_interval(both, alpha), 100 * min(observed), 100 * max(observed), _covers(len(seeds)),
+                         *_interval(examples, alpha)])
         averaged = {t: v for t, v in per_task.items() if average_tasks is None or t in set(average_tasks)}
         if averaged:
-            diff = float(np.mean([d for d, _, _ in averaged.values()]))
-            boot = np.mean([r for _, r, _ in averaged.values()], axis=0)
-            lo, hi = np.quantile(boot, [alpha, 1 - alpha])
-            seed_sets = {tuple(sorted(k)) for _, _, k in averaged.values()}
+            diff = float(np.mean([v[0] for v in averaged.values()]))
+            both = np.mean([v[1] for v in averaged.values()], axis=0)
+            examples = np.mean([v[2] for v in averaged.values()], axis=0)
+            seed_sets = {tuple(sorted(v[3])) for v in averaged.values()}
             shared = list(seed_sets.pop()) if len(seed_sets) == 1 else []  # one seed set, or no per-seed range
-            by_seed = [100 * float(np.mean([k[s] for _, _, k in averaged.values()])) for s in shared]
+            by_seed = [100 * float(np.mean([v[3][s] for v in averaged.values()])) for s in shared]
+            n_seeds = min(len(v[3]) for v in averaged.values())
             rows.append([comp.name, comp.a, comp.b, "average", ",".join(averaged), ",".join(map(str, shared)),
-                         min(len(k) for _, _, k in averaged.values()), 100 * diff, 100 * lo, 100 * hi, verdict(lo, hi),
-                         min(by_seed, default=np.nan), max(by_seed, default=np.nan)])
+                         n_seeds, 100 * diff, *_interval(both, alpha),
+                         min(by_seed, default=np.nan), max(by_seed, default=np.nan), _covers(n_seeds),
+                         *_interval(examples, alpha)])
     return pd.DataFrame(rows, columns=columns)
+
+
+#: What an interval covers (the ``interval`` column of :func:`paired_bootstrap`).
+COVERS = {"seeds+examples": "training seeds and validation examples (two-level bootstrap)",
+          "examples": "validation examples only: one training seed, so the seed's variance is not in it"}
+
+
+def _covers(n_seeds: int) -> str:
+    return "seeds+examples" if n_seeds > 1 else "examples"
+
+
+def _interval(boot: np.ndarray, alpha: float) -> list:
+    """``[low, high, verdict]`` (x100) of a bootstrap distribution."""
+    lo, hi = np.quantile(boot, [alpha, 1 - alpha])
+    return [100 * lo, 100 * hi, verdict(lo, hi)]
+
+
+def _two_level(reps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Replicates of the seed-averaged difference that resample the training seeds too.
+
+    ``reps[s, b]`` is seed ``s``'s difference on example resample ``b``.  Replicate ``b``
+    draws ``S`` seeds with replacement and averages, for the ``j``-th draw, the drawn seed's
+    difference on an example resample of its own (column ``perm_j[b]``), so a seed drawn
+    twice contributes two independent example resamples.  With one seed this is the
+    examples-only bootstrap.
+    """
+    n_seeds, n_boot = reps.shape
+    if n_seeds == 1:
+        return reps[0]
+    drawn = rng.integers(0, n_seeds, size=(n_seeds, n_boot))
+    columns = np.stack([rng.permutation(n_boot) for _ in range(n_seeds)])
+    return reps[drawn, columns].mean(axis=0)
