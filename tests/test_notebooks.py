@@ -28,6 +28,7 @@ FIGURES = {
     # one seed: no seed comparison figure
     "mask_distance": ["mask_distance_methods", "mask_distance_layers", "mask_distance_tasks", "mask_distance_rho",
                       "mask_distance_rho_rte"],
+    "protocol": ["protocol_updates", "protocol_mask_movement"],
 }
 
 
@@ -90,7 +91,7 @@ def test_notebook_runs_and_writes_its_figures(smoke, name):
         assert (figures / "paired_differences.csv").read_text().startswith("comparison,a,b,task,tasks,seeds")
     else:  # only the sweep's 8:2 runs, the rho sweep's two extra runs and the convergence variant are new
         assert text.count(": training ...") == {"dense_tuning": 2, "nm_sweep": 2, "rho_analysis": 2,
-                                                 "convergence": 1}.get(name, 0)
+                                                 "convergence": 1, "protocol": 6}.get(name, 0)
     if name == "nm_sweep":  # 4:2 reused from the table, 8:2 trained; unstructured once per density
         assert "magnitude" in text and "unstructured" in text and "8:2" in text
         diffs = (figures / "nm_differences.md").read_text()  # each pattern against unstructured at its density
@@ -101,6 +102,9 @@ def test_notebook_runs_and_writes_its_figures(smoke, name):
         assert "selected on validation" in text and "the preset's runs use lr 0.001  <- differs" in text
     if name == "convergence":
         assert "chosen:" in text
+    if name == "protocol":  # the selection grid on the held-out split, then the prune table and the movement
+        assert "Rule: per task and label" in text and "The preset's recorded choice is the rule's:" in text
+        assert (figures / "protocol_prune.csv").read_text().startswith("task,label,seed,score")
     if name == "rho_analysis":
         assert "'too small rho loses accuracy at the prune'" in text
     if name == "mask_distance":

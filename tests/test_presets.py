@@ -18,7 +18,7 @@ from nxmlab.study.reproduce import NOTEBOOKS, notebook_dir, plan
 from nxmlab.study.store import atomic_write_json
 
 # (table runs, rho-sweep runs, all runs deduplicated)
-EXPECTED = {"smoke": (12, 3, 19), "quick": (6, 0, 6), "baselines": (21, 0, 41), "convergence": (3, 3, 18), "cpu": (96, 0, 144), "paper": (40, 6, 44),
+EXPECTED = {"smoke": (12, 3, 25), "quick": (6, 0, 6), "baselines": (21, 0, 41), "convergence": (3, 3, 18), "cpu": (96, 0, 144), "paper": (40, 6, 44),
             "protocol": (9, 0, 36)}
 
 
@@ -186,7 +186,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatc
     assert "nm_sweep: 5 runs, 0 finished, 2 to train, 3 trained by an earlier notebook" in out
     assert "rho_analysis: 3 runs, 0 finished, 2 to train, 1 trained by an earlier notebook" in out
     assert "convergence: 2 runs, 0 finished, 1 to train, 1 trained by an earlier notebook" in out
-    assert "total: 19 run(s) to train" in out
+    assert "protocol: 18 runs, 0 finished, 6 to train, 12 trained by an earlier notebook" in out
+    assert "total: 25 run(s) to train" in out
     assert list(tmp_path.iterdir()) == []  # no results, figures or runs/notebooks
 
 

@@ -72,10 +72,15 @@ def _table(ns: argparse.Namespace) -> int:
         df = df[df["model"] == ns.model]
     if ns.pattern:
         df = df[(df["pattern"] == ns.pattern) | df["pattern"].isna()]
-    if ns.csv:
+    if ns.csv:  # every run, with the studies that list it and its split (heldout: a selection run)
+        from .presets import membership
+
+        where = membership(ns.results_dir, set(df["model"]))
+        df = df.assign(studies=[";".join(where.get(r, ([], None))[0]) for r in df["run"]],
+                       row=[where.get(r, ([], None))[1] or lb for r, lb in zip(df["run"], df["label"], strict=True)])
         df.to_csv(sys.stdout, index=False)
-    else:
-        sys.stdout.write(to_markdown(glue_table(df)))
+    else:  # the reported runs only: selection runs are scored on held-out training examples
+        sys.stdout.write(to_markdown(glue_table(df[df["split"] == "validation"])))
     return 0
 
 

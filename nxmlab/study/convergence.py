@@ -25,7 +25,7 @@ import pandas as pd
 from .presets import Preset, get_preset, make_run
 from .store import RunFolder, load_masks, read_jsonl
 
-__all__ = ["convergence_runs", "load_convergence", "load_updates", "choose_default", "DEFAULT_RULE", "backfill_loss_free"]
+__all__ = ["updates_of", "prune_table", "PRUNE_COLUMNS", "convergence_runs", "load_convergence", "load_updates", "choose_default", "DEFAULT_RULE", "backfill_loss_free"]
 
 #: The rule :func:`choose_default` applies, in words (the README quotes it).
 DEFAULT_RULE = (
@@ -122,33 +122,61 @@ def load_updates(preset: str | Preset, results_dir: str | os.PathLike[str] = "re
         if not run.finished:
             continue
         folder = RunFolder.at(os.path.join(results_dir, run.run))
-        keys = {"task": run.task, "variant": run.variant, "run": run.run}
-        dynamics = folder.read_frame(RunFolder.DYNAMICS)
-        numel = _numel(folder, density)
-        if dynamics is not None and not dynamics.empty and numel:
-            upd = dynamics[(dynamics["event"] == "update") & (dynamics["phase"] == "admm")].copy()
-            upd["w2"] = upd["rel_dist"].astype("float64") ** 2  # rel_dist: root mean square over targets
-            frame = upd.groupby("step").agg(
-                rho_used=("rho_used", "first"), flips=("flips", "sum"),
-                primal=("primal", lambda s: math.sqrt(float((s.astype("float64") ** 2).sum()))),
-                dual=("dual", lambda s: math.sqrt(float((s.astype("float64") ** 2).sum()))),
-                rel_dist=("w2", lambda s: math.sqrt(float(s.mean())))).reset_index()
-            frame["flips"] = frame["flips"] / numel
-            z = folder.read_frame(RunFolder.Z_MASKS)
-            if z is not None and not z.empty:
-                wide = z.pivot_table(index="step", columns="reference", values="distance").add_prefix("dist_")
-                frame = frame.merge(wide.reset_index(), on="step", how="left")
-            parts.append(frame.assign(source="training", **keys))
-        control = folder.read_frame(RunFolder.LOSS_FREE)
-        if control is not None and not control.empty:
-            control = control.rename(columns={"start_distance": "dist_start_magnitude",
-                                              "final_distance": "dist_final"})
-            parts.append(control.assign(source="loss-free", **keys))
+        parts += _run_updates(folder, density, {"task": run.task, "variant": run.variant, "run": run.run})
     if not parts:
         return pd.DataFrame()
     frame = pd.concat(parts, ignore_index=True)
     first = ["task", "variant", "run", "source", "step"]
     return frame[first + [c for c in frame.columns if c not in first]]
+
+
+def updates_of(scores: pd.DataFrame) -> pd.DataFrame:
+    """:func:`load_updates`'s rows for any runs of a :func:`~nxmlab.study.frames.load_scores`
+    frame that have ADMM dynamics, keyed by ``task, label, seed, run, source, step`` and
+    ``update`` (1, 2, ... per run and source)."""
+    from ..nxm import NxM
+    from .frames import run_folders
+
+    parts = []
+    for row, folder in run_folders(scores):
+        pattern = scores.loc[scores["run"] == row.run, "pattern"].iloc[0]
+        if pattern is None or pd.isna(pattern):
+            continue
+        parts += _run_updates(folder, NxM.parse(pattern).density,
+                              {"task": row.task, "label": row.label, "seed": row.seed, "run": row.run})
+    if not parts:
+        return pd.DataFrame()
+    frame = pd.concat(parts, ignore_index=True)
+    frame["update"] = frame.groupby(["run", "source"])["step"].rank(method="dense").astype(int)
+    first = ["task", "label", "seed", "run", "source", "update", "step"]
+    return frame[first + [c for c in frame.columns if c not in first]]
+
+
+def _run_updates(folder: RunFolder, density: float, keys: dict) -> list[pd.DataFrame]:
+    """Per Z/U update of one run: the training run's records and its loss-free control's."""
+    parts = []
+    dynamics = folder.read_frame(RunFolder.DYNAMICS)
+    numel = _numel(folder, density)
+    if dynamics is not None and not dynamics.empty and numel:
+        upd = dynamics[(dynamics["event"] == "update") & (dynamics["phase"] == "admm")].copy()
+        upd["w2"] = upd["rel_dist"].astype("float64") ** 2  # rel_dist: root mean square over targets
+        frame = upd.groupby("step").agg(
+            rho_used=("rho_used", "first"), flips=("flips", "sum"),
+            primal=("primal", lambda s: math.sqrt(float((s.astype("float64") ** 2).sum()))),
+            dual=("dual", lambda s: math.sqrt(float((s.astype("float64") ** 2).sum()))),
+            rel_dist=("w2", lambda s: math.sqrt(float(s.mean())))).reset_index()
+        frame["flips"] = frame["flips"] / numel
+        z = folder.read_frame(RunFolder.Z_MASKS)
+        if z is not None and not z.empty:
+            wide = z.pivot_table(index="step", columns="reference", values="distance").add_prefix("dist_")
+            frame = frame.merge(wide.reset_index(), on="step", how="left")
+        parts.append(frame.assign(source="training", **keys))
+    control = folder.read_frame(RunFolder.LOSS_FREE)
+    if control is not None and not control.empty:
+        control = control.rename(columns={"start_distance": "dist_start_magnitude",
+                                          "final_distance": "dist_final"})
+        parts.append(control.assign(source="loss-free", **keys))
+    return parts
 
 
 def choose_default(convergence: pd.DataFrame, task: str | None = None) -> tuple[str | None, pd.DataFrame]:
@@ -205,3 +233,23 @@ def backfill_loss_free(preset: str | Preset, results_dir: str | os.PathLike[str]
         folder.write_frame(RunFolder.LOSS_FREE, hooks.loss_free(final))
         written.append(run.run)
     return written
+
+
+#: Columns of :func:`prune_table`.
+PRUNE_COLUMNS = ["task", "label", "seed", "score", "before_prune", "after_prune", "prune_cost_points",
+                 "rel_dist_at_prune", "flips_first_update", "flips_last_update", "converged",
+                 "mask_dist_dense_magnitude", "mask_dist_loss_free", "mask_dist_pretrained_magnitude"]
+
+
+def prune_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """One row per ADMM run of a score frame (runs with ADMM diagnostics): the scores before
+    and right after the hard prune and its cost (points), the relative distance at the prune,
+    the flips at the first and last Z/U updates (fraction of positions), ``converged``, and
+    the final mask's distance (fraction of kept positions) to ASP's mask from the same dense
+    model, to the loss-free control's prune mask and to the pretrained magnitude mask."""
+    if scores.empty or "rel_dist_at_prune" not in scores:
+        return pd.DataFrame(columns=PRUNE_COLUMNS)
+    admm = scores[scores["rel_dist_at_prune"].notna()].copy()
+    admm["task"] = pd.Categorical(admm["task"], [t for t in dict.fromkeys(
+        ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli", *admm["task"]])])
+    return admm.sort_values(["task", "label", "seed"])[PRUNE_COLUMNS].reset_index(drop=True)

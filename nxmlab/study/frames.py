@@ -33,7 +33,7 @@ __all__ = [
     "SCORE_COLUMNS", "COMPARISONS", "load_scores", "load_dynamics", "load_mask_distances", "load_magnitudes",
     "results_dir", "run_folders", "seed_summary",
     "glue_table", "gap_table", "difference_table", "paper_claims", "format_claims", "to_markdown",
-    "mask_distance_table", "label_order", "task_order",
+    "mask_distance_table", "label_order", "task_order", "mask_movement", "MOVEMENT_REFERENCES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 SCORE_COLUMNS = [
     "run", "task", "method", "kd", "label", "model", "pattern", "rho", "seed", "score", "before_prune",
     "after_prune", "rel_dist_at_prune", "flips_last_update", "updates", "mask_dist_pretrained_magnitude",
-    "mask_dist_dense_magnitude", "epochs", "seconds", "sparsity", "setting", "converged",
+    "mask_dist_dense_magnitude", "epochs", "seconds", "sparsity", "setting", "converged", "split",
+    "prune_cost_points", "flips_first_update", "mask_dist_loss_free",
 ]
 
 #: Config keys that identify a cell of the table rather than a setting of it.
@@ -91,8 +92,12 @@ def load_scores(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
     diagnostics at the hard prune, ``converged`` their verdict against
     :data:`nxmlab.study.hooks.CONVERGENCE` (``None`` for runs without one); ``mask_dist_*``
     the fraction of kept positions where the final mask differs from the magnitude mask of the pretrained / dense fine-tuned
-    weights.  ``setting`` is the run's config as JSON without its task, seed, method and
-    rho, so runs that differ in anything else are never pooled as seeds.  Runs of another
+    weights (``mask_dist_loss_free``: to the prune mask of ADMM's loss-free control;
+    ``flips_first_update``: the fraction of positions ADMM's first Z/U update flips;
+    ``prune_cost_points``: the score lost at the hard prune).  ``setting`` is the run's config as JSON without its task, seed, method and
+    rho, so runs that differ in anything else are never pooled as seeds.  ``split`` is
+    ``validation`` (the GLUE validation set: a reported run) or ``heldout`` (a selection
+    run, scored on held-out training examples: never in a reported table).  Runs of another
     store version, or with unreadable files, are skipped with a warning naming the file;
     ``attrs["skipped"]`` lists them as ``{run: reason}``.  A score stored as missing (an
     undefined metric) is NaN, and ``attrs["missing"]`` holds ``{run: reason}``.
@@ -118,6 +123,9 @@ def load_scores(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
                 "epochs": config["training"]["num_train_epochs"], "seconds": m.get("seconds"),
                 "sparsity": m.get("sparsity", {}).get("mean"), "setting": json.dumps(_flatten(config), sort_keys=True),
                 "converged": diag.get("converged"),
+                "split": "heldout" if config.get("heldout") is not None else "validation",
+                "prune_cost_points": diag.get("prune_cost_points"), "flips_first_update": diag.get("flips_first_update"),
+                "mask_dist_loss_free": diag.get("mask_dist_loss_free"),
             }
         except (StoreVersionError, ValueError, KeyError, TypeError, AttributeError) as exc:
             reason = str(exc) if isinstance(exc, ValueError) else f"{folder.path}: unexpected content ({exc!r})"
@@ -191,6 +199,36 @@ def mask_distance_table(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Ten
                      "kept": int(ma.sum()) + int(mb.sum()), "differ": int((ma ^ mb).sum()),
                      "distance": mask_distance(ma, mb)})
     return pd.DataFrame(rows, columns=["module", "component", "layer", "kept", "differ", "distance"])
+
+
+#: The reference masks of ``mask_movement`` (score-frame column -> meaning).
+MOVEMENT_REFERENCES = {
+    "mask_dist_pretrained_magnitude": "the pretrained weights' magnitude mask",
+    "mask_dist_dense_magnitude": "the dense model's magnitude mask (ASP's)",
+}
+
+
+def mask_movement(scores: pd.DataFrame, baseline: str = "magnitude") -> pd.DataFrame:
+    """How far each sparse run's final mask moved from the magnitude masks, against its score.
+
+    One row per (run, reference): ``run, task, label, seed, reference, distance, score,
+    gain``.  ``distance`` is the fraction of kept positions where the final mask differs
+    from the reference (``MOVEMENT_REFERENCES``), ``gain`` the run's score minus the
+    ``baseline`` label's score on the same task and seed (NaN without one): seeds are
+    replicates, so a point never mixes two seeds.
+    """
+    columns = ["run", "task", "label", "seed", "reference", "distance", "score", "gain"]
+    sparse = scores[scores["pattern"].notna()] if not scores.empty else scores
+    if sparse.empty:
+        return pd.DataFrame(columns=columns)
+    base = sparse[sparse["label"] == baseline].set_index(["task", "seed"])["score"]
+    base = base[~base.index.duplicated()]
+    long = sparse.melt(id_vars=["run", "task", "label", "seed", "score"], value_vars=list(MOVEMENT_REFERENCES),
+                       var_name="reference", value_name="distance").dropna(subset=["distance"])
+    keys = pd.MultiIndex.from_frame(long[["task", "seed"]])
+    long["gain"] = long["score"].to_numpy() - base.reindex(keys).to_numpy()
+    long["reference"] = long["reference"].str.removeprefix("mask_dist_")
+    return long[columns].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------ seed averages

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from .frames import load_scores
-from .presets import Preset, preset_runs, resolve_preset
+from .presets import Preset, preset_runs, resolve_preset, row_labels
 from .store import DamagedFileError
 
 __all__ = ["Setup", "setup", "describe_preset", "run_study", "repo_root", "resolve_dir", "as_train"]
@@ -198,6 +198,8 @@ def run_study(preset: Preset | str, study: str | Sequence[str], results_dir: str
                 log(f"{what}: done in {time.perf_counter() - tic:.0f} s, {_score_text(metrics)}")
     scores = load_scores(results_dir)
     out = scores[scores["run"].isin(set(keys))].reset_index(drop=True)
+    rows = row_labels(preset, study, str(results_dir), glue_dir)  # e.g. nxmlab-admm beside the authors' admm
+    out["label"] = [rows.get(run, label) for run, label in zip(out["run"], out["label"], strict=True)]
     out.attrs.update(scores.attrs)
     if missing and log:
         log(_plan(preset, len(runs), missing, results_dir))

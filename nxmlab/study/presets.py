@@ -39,6 +39,8 @@ __all__ = [
     "make_run",
     "preset_runs",
     "resolve_preset",
+    "row_labels",
+    "membership",
 ]
 
 #: Run lists a preset expands into (see the module docstring).
@@ -125,6 +127,7 @@ class Preset:
     selection: tuple[tuple[str, tuple[tuple[tuple[str, Any], ...], ...]], ...] = ()
     chosen: tuple[tuple[str, tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]], ...] = ()
     kd_last: bool = False
+    must_converge: tuple[str, ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -139,7 +142,7 @@ class Preset:
         for name, kind in (("tasks", str), ("seeds", int), ("methods", str), ("rho_grid", float), ("rho_tasks", str),
                            ("tuning_tasks", str), ("tuning_seeds", int), ("notebooks", str), ("patterns", str),
                            ("pattern_methods", str), ("pattern_tasks", str), ("one_seed", str),
-                           ("average_tasks", str)):
+                           ("average_tasks", str), ("must_converge", str)):
             object.__setattr__(self, name, _tuple(getattr(self, name), kind))
         options = dict(self.options)
         object.__setattr__(self, "options", tuple(sorted(options.items())))
@@ -171,9 +174,9 @@ class Preset:
         for label in self.methods:
             if label not in rows:
                 parse_label(label)
-        for label, grid in self.selection:
-            if label not in self.methods or not grid:
-                raise ValueError(f"selection names {label!r}: it must be one of the preset's methods, with a grid")
+        for label, grid in self.selection:  # a label the preset does not run (an override) is ignored
+            if not grid:
+                raise ValueError(f"selection names {label!r} with an empty grid")
             if parse_label(self.row(label)[0])[1]:
                 raise ValueError(f"selection names {label!r}: the KD label uses the choice of its method")
         if self.selection and (self.heldout is None or self.selection_seed is None):
@@ -303,6 +306,8 @@ PRESETS: dict[str, Preset] = {
             convergence={"default": ("rte",), "u-residual": ("rte",)},
             patterns=("4:2", "8:2"), pattern_methods=("magnitude", "unstructured"), pattern_tasks=("rte",),
             dense_grid=[(5e-4, 1.0), (2e-3, 1.0)], tuning_tasks=("rte",), tuning_seeds=(42,),
+            heldout=0.25, selection_seed=7, selection={"magnitude": [{"learning_rate": 1e-3}, {"learning_rate": 3e-3}]},
+            chosen={"rte": {"magnitude": {"learning_rate": 1e-3}}, "stsb": {"magnitude": {"learning_rate": 1e-3}}},
             description="Plumbing check: the random 2-layer 'tiny' BERT on 32 training / 16 validation "
                         "examples; seconds per notebook, scores are meaningless.",
         ),
@@ -370,7 +375,7 @@ PRESETS: dict[str, Preset] = {
             methods=("dense", "magnitude", "magnitude+kd", "admm", "admm+kd", "nxmlab-admm"),
             epochs=10, retrain_epochs=0, learning_rate=5e-5, batch_size=16, rho=1e-3,
             rho_grid=(), rho_tasks=(), options=PROTOCOL, task_options=PROTOCOL_DENSE_LR, rows={"nxmlab-admm": ("admm", NXMLAB_ADMM)},
-            heldout=0.1, selection_seed=42, selection=PROTOCOL_GRID, kd_last=True,
+            heldout=0.1, selection_seed=42, selection=PROTOCOL_GRID, must_converge=("nxmlab-admm",), kd_last=True,
             save_steps=100, log_interval=25, logging_steps=50,
             notebooks=("glue_table", "protocol"),
             description="The authors' protocol on MiniLM-L6 (issue #28): per task and seed one dense start (5 "
@@ -539,7 +544,7 @@ def study_keys(preset: str | Preset, study: str | Sequence[str] = "table"
             for task in preset.tasks if preset.selection else ():
                 wanted.append((task, "dense", preset.selection_seed, None, heldout))
                 wanted += [(task, label, preset.selection_seed, None, point + heldout)
-                           for label, grid in preset.selection for point in grid]
+                           for label, grid in preset.selection if label in preset.methods for point in grid]
             continue
         if name == "tuning":
             wanted += [(task, "dense", seed, None, (("learning_rate", lr), ("num_train_epochs", epochs)))
@@ -590,3 +595,39 @@ def preset_runs(preset: str | Preset, study: str | Sequence[str] = "table", resu
             seen.add(key)
             runs.append(spec)
     return runs
+
+
+def row_labels(preset: str | Preset, study: str | Sequence[str] = "table", results_dir: str = "results",
+               glue_dir: str | None = None) -> dict[str, str]:
+    """``{run folder (relative to the store): table row}`` for the runs of a study whose row
+    is a named row of the preset (``rows``, e.g. ``nxmlab-admm``), not its method label."""
+    preset = get_preset(preset)
+    named = dict(preset.rows)
+    out = {}
+    for task, label, seed, rho, variant in study_keys(preset, study):
+        if label in named:
+            spec = make_run(preset, task, label, seed, results_dir, glue_dir, rho=rho, variant=variant)
+            out[spec.folder().rel] = label
+    return out
+
+
+def membership(results_dir: str = "results", models: Iterable[str] | None = None
+               ) -> dict[str, tuple[list[str], str | None]]:
+    """``{run folder: (["preset:study", ...], row label or None)}`` over every preset (of
+    ``models``, default all) and study: which studies list a stored run (``nxmlab table
+    --csv`` prints it beside each run)."""
+    out: dict[str, tuple[list[str], str | None]] = {}
+    wanted = None if models is None else set(models)
+    for name, preset in PRESETS.items():
+        if wanted is not None and preset.model not in wanted:
+            continue
+        studies = [s for s in STUDIES if study_keys(preset, s)]
+        for study in studies:
+            rows = row_labels(preset, study, results_dir)
+            for spec in preset_runs(preset, study, results_dir):
+                rel = spec.folder().rel
+                where, row = out.setdefault(rel, ([], None))
+                where.append(f"{name}:{study}")
+                if rel in rows:
+                    out[rel] = (where, rows[rel])
+    return out

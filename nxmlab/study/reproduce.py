@@ -34,7 +34,8 @@ __all__ = ["NOTEBOOKS", "NOTEBOOK_STUDIES", "notebook_dir", "plan", "format_plan
 logger = logging.getLogger(__name__)
 
 #: The notebooks, in execution order.
-NOTEBOOKS: tuple[str, ...] = ("glue_table", "dense_tuning", "nm_sweep", "convergence", "rho_analysis", "sparsity_dynamics", "mask_distance")
+NOTEBOOKS: tuple[str, ...] = ("glue_table", "dense_tuning", "nm_sweep", "convergence", "rho_analysis", "sparsity_dynamics",
+                              "mask_distance", "protocol")
 #: The preset studies (see :mod:`nxmlab.study.presets`) each notebook trains or reuses.
 NOTEBOOK_STUDIES: dict[str, tuple[str, ...]] = {
     "glue_table": ("table",),
@@ -44,6 +45,7 @@ NOTEBOOK_STUDIES: dict[str, tuple[str, ...]] = {
     "rho_analysis": ("rho",),
     "sparsity_dynamics": ("dynamics",),
     "mask_distance": ("table", "rho"),
+    "protocol": ("selection", "table"),
 }
 
 
