@@ -18,7 +18,7 @@ from nxmlab.study.reproduce import NOTEBOOKS, notebook_dir, plan
 from nxmlab.study.store import atomic_write_json
 
 # (table runs, rho-sweep runs, all runs deduplicated)
-EXPECTED = {"smoke": (12, 3, 25), "quick": (6, 0, 6), "baselines": (21, 0, 41), "convergence": (3, 3, 18), "cpu": (96, 0, 144), "paper": (40, 6, 44),
+EXPECTED = {"smoke": (12, 3, 25), "quick": (6, 0, 6), "baselines": (21, 0, 41), "convergence": (3, 3, 18), "cpu": (120, 0, 168), "paper": (40, 6, 44),
             "protocol": (9, 0, 36)}
 
 
@@ -370,6 +370,7 @@ def test_reproduce_runs_the_presets_own_notebooks(tmp_path, capsys):
     assert "convergence:" in out and "rho_analysis:" in out and "glue_table:" not in out
 
 
+@pytest.mark.xfail(strict=True, reason="issue #29: seeds 43 and 44 of wanda, sparsegpt and unstructured are training")
 def test_the_committed_cpu_table_is_complete_with_three_seeds_where_required(capsys):
     """Issue #14's acceptance: ``nxmlab table results --csv`` has 3 seeds of every (task,
     method) pair of ``cpu`` outside ``one_seed`` (1 seed for those), with a ``run`` column
@@ -383,7 +384,7 @@ def test_the_committed_cpu_table_is_complete_with_three_seeds_where_required(cap
     cpu = get_preset("cpu")
     results = Path(__file__).resolve().parents[1] / "results"
     specs = preset_runs(cpu, "table", str(results))
-    assert len(specs) == 96 and all(spec.folder().finished for spec in specs)
+    assert len(specs) == 120 and all(spec.folder().finished for spec in specs)
     assert main(["table", str(results), "--csv"]) == 0
     csv = pd.read_csv(io.StringIO(capsys.readouterr().out))
     mine = csv[csv["run"].isin({spec.folder().path.relative_to(results).as_posix() for spec in specs})]
