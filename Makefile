@@ -28,15 +28,18 @@ install: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
-# quick (trains what is missing: about 20 min from nothing) and the powered study's figures
-# redrawn from its committed runs (never trains: scripts/study_runner.py trains cpu).
+# quick (trains what is missing: about 20 min from nothing), and the figures of the powered study
+# and of the authors' protocol redrawn from their committed runs (never trains:
+# scripts/study_runner.py trains cpu and protocol).
 reproduce: $(VENV)/.installed
 	$(VENV)/bin/nxmlab reproduce --preset quick
 	$(VENV)/bin/nxmlab reproduce --preset cpu --no-train --figures-dir figures/cpu
+	$(VENV)/bin/nxmlab reproduce --preset protocol --no-train --figures-dir figures/protocol
 
 # Every committed figure and executed notebook, redrawn from results/ alone (never trains):
 # quick and convergence into figures/, baselines into figures/baselines/, cpu (the powered
-# study, from the runs committed so far) into figures/cpu/.
+# study, from the runs committed so far) into figures/cpu/, protocol (the authors' protocol, issue #28)
+# into figures/protocol/.
 figures: $(VENV)/.installed
 	$(VENV)/bin/nxmlab reproduce --preset quick --no-train --quiet --output-dir notebooks/executed
 	$(VENV)/bin/nxmlab reproduce --preset convergence --no-train --quiet --output-dir notebooks/executed
@@ -44,6 +47,8 @@ figures: $(VENV)/.installed
 		--figures-dir figures/baselines
 	$(VENV)/bin/nxmlab reproduce --preset cpu --no-train --quiet --output-dir notebooks/executed \
 		--figures-dir figures/cpu
+	$(VENV)/bin/nxmlab reproduce --preset protocol --no-train --quiet --output-dir notebooks/executed \
+		--figures-dir figures/protocol
 
 # JupyterLab on LAB_DIR, with this .venv registered as the `nxmlab` kernel the notebooks name.
 # LAB_ARGS adds options: make lab LAB_ARGS="--no-browser --port 8899"; root gets --allow-root.
