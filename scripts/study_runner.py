@@ -56,8 +56,10 @@ def commit(path: Path) -> None:
     """Commit one finished run folder, and nothing else, in the repository that holds it (the
     runner may run from another checkout, e.g. a snapshot worktree, with ``--results-dir``
     pointing into the working repository)."""
+    prefix = subprocess.run(["git", "rev-parse", "--show-prefix"], check=True, cwd=path, capture_output=True,
+                            text=True).stdout.strip().rstrip("/")
     subprocess.run(["git", "add", "--", "."], check=True, cwd=path)
-    subprocess.run(["git", "commit", "-q", "-m", f"results: {path}", "--", "."], check=True, cwd=path)
+    subprocess.run(["git", "commit", "-q", "-m", f"results: {prefix or path}", "--", "."], check=True, cwd=path)
 
 
 def main(argv: list[str] | None = None) -> int:
