@@ -27,7 +27,7 @@ from .store import RunFolder, load_masks, read_jsonl
 
 __all__ = ["updates_of", "prune_table", "PRUNE_COLUMNS", "convergence_runs", "load_convergence", "load_updates", "choose_default", "DEFAULT_RULE", "backfill_loss_free"]
 
-#: The rule :func:`choose_default` applies, in words (the README quotes it).
+#: The rule :func:`choose_default` applies, in words (docs/convergence.md quotes it).
 DEFAULT_RULE = (
     "Among the variants that meet every convergence criterion (relative distance <= 0.05, flips <= 0.5 % at each "
     "of the last two Z/U updates, last Z mask within 0.5 % of the final mask, prune cost <= 1 validation point) "

@@ -73,7 +73,7 @@ class MaskRule:
     """How a method chooses its fixed masks.
 
     Attributes:
-        name: Short name (shown in tables and the README).
+        name: Short name (shown in tables and docs/methods.md).
         choose: ``choose(ctx) -> {target: bool mask}``.
         structured: The masks are exactly n:m (checked at the end of every run);
             otherwise they keep the pattern's density per layer.
@@ -159,7 +159,7 @@ class Method:
 
     Attributes:
         name: The ``--method`` value.
-        summary: One line for ``--help``, tables and the README.
+        summary: One line for ``--help``, tables and docs/methods.md.
         steps: :class:`Train` and :class:`Prune` steps, in order.
         start: ``start(spec)`` -> ``"pretrained"`` or ``"dense"``: the model the first step
             starts from.

@@ -268,10 +268,10 @@ class Preset:
         return dict(dict(dict(self.chosen).get(task, ())).get(base, ()))
 
 
-#: quick's ADMM setting, chosen by the convergence study (README: "Does ADMM converge before the hard prune?").
+#: quick's ADMM setting, chosen by the convergence study (docs/convergence.md).
 QUICK_ADMM = {"decoupled_penalty": True, "decoupled_scope": "pruned"}
 
-#: The authors' protocol as nxmlab options (the README's fidelity table): ADMM and ASP start
+#: The authors' protocol as nxmlab options (the table of docs/fidelity.md): ADMM and ASP start
 #: from a 5-epoch dense run at batch 32, train only the target Linears, weight decay 0, no
 #: warm-up; ADMM's coupled penalty enters before clipping, U0 = W0 - Proj(W0), one Z/U update
 #: per epoch, and the run ends with the prune by Proj(W) (retrain_epochs 0).

@@ -36,7 +36,7 @@ __all__ = ["FREE_FLIPS", "RULE", "load_selection", "choose", "recorded"]
 #: mask to count as free to move (the convergence criteria's bound on the last two updates).
 FREE_FLIPS = 0.005
 
-#: The selection rule in one sentence (the README and the notebook print it).
+#: The selection rule in one sentence (docs/protocol.md and the notebook print it).
 RULE = ("per task and label, the grid point with the highest score on the held-out 10 % of the training set "
         "(seed 42, never a reported seed); for nxmlab's ADMM only among the points that converge at the "
         "prune (relative distance <= 0.05, <= 0.5 % flips at each of the last two Z/U updates, last Z mask "

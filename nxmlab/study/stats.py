@@ -45,7 +45,7 @@ class Comparison:
         name: Shown in tables and the forest plot.
         a: The label whose gain is measured.
         b: The label it is compared with.
-        claim: The paper's claim the comparison tests, if any (README verdicts).
+        claim: The paper's claim the comparison tests, if any (the verdicts of docs/cpu.md).
         paper: The difference the paper reports for it (points, its GLUE average on
             BERT-base), if it reports one.
     """

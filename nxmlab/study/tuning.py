@@ -4,7 +4,7 @@ A preset's ``tuning`` study trains ``dense`` at every ``(learning_rate, epochs)`
 ``dense_grid`` on ``tuning_tasks`` with ``tuning_seeds``.  :func:`choose_dense` then picks,
 per task, the grid point with the best mean validation score over the seeds.  That is
 selection on the validation set, as the paper did; every score of a chosen setting is
-therefore optimistic, and the README says so next to it.
+therefore optimistic, and docs/cpu.md says so next to it.
 """
 
 from __future__ import annotations
