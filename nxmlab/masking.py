@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .nxm import NxM, check_tensor, nxm_mask
+from .nxm import NxM, check_module, check_targets, check_tensor, nxm_mask
 
 __all__ = ["magnitude_nxm_masks", "unstructured_masks", "apply_masks", "FixedMasks", "mask_distance", "mask_sparsity",
            "as_bool_mask"]
@@ -58,7 +58,12 @@ def as_bool_mask(mask: object, name: str = "mask") -> torch.Tensor:
 
 @torch.no_grad()
 def magnitude_nxm_masks(targets: Mapping[str, nn.Module], pattern: NxM | str) -> dict[str, torch.Tensor]:
-    """One-shot magnitude NxM masks (the NVIDIA ASP recipe): keep the m largest of each n."""
+    """One-shot magnitude NxM masks (the NVIDIA ASP recipe): keep the m largest of each n.
+
+    Raises:
+        TypeError: ``targets`` is not a mapping of names to modules with a weight tensor.
+    """
+    check_targets(targets)
     pattern = NxM.parse(pattern)
     return {name: nxm_mask(module.weight, pattern, name) for name, module in targets.items()}
 
@@ -77,7 +82,11 @@ def unstructured_masks(
             ``"global"`` ranks all targets together.
 
     Ties are broken by position (stable sort), so the masks are deterministic.
+
+    Raises:
+        TypeError: ``targets`` is not a mapping of names to modules with a weight tensor.
     """
+    check_targets(targets)
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
     if scope not in ("layer", "global"):
@@ -131,8 +140,7 @@ class FixedMasks:
     """
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__qualname__}")
+        check_module(model)
         if not isinstance(masks, Mapping):
             raise TypeError(f"masks: expected a mapping {{module name: mask}}, got {type(masks).__qualname__}")
         modules = dict(model.named_modules())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,8 @@ __all__ = [
     "NxM",
     "FLOAT_DTYPES",
     "check_tensor",
+    "check_module",
+    "check_targets",
     "nxm_mask",
     "nxm_mask_and_project",
     "project",
@@ -61,6 +64,23 @@ def check_tensor(value: object, name: str = "weight", dtypes: tuple[torch.dtype,
     if dtypes is not None and value.dtype not in dtypes:
         allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
         raise TypeError(f"{name}: unsupported dtype {value.dtype}; expected one of {allowed}")
+
+
+def check_module(value: object, name: str = "model") -> None:
+    """Raise ``TypeError`` unless ``value`` is a ``torch.nn.Module``."""
+    if not isinstance(value, torch.nn.Module):
+        raise TypeError(f"{name}: expected a torch.nn.Module, got {_type_name(value)}")
+
+
+def check_targets(targets: object, name: str = "targets") -> None:
+    """Raise ``TypeError`` unless ``targets`` maps names to modules with a ``weight`` tensor
+    (what :func:`~nxmlab.targets.select_targets` returns)."""
+    if not isinstance(targets, Mapping):
+        raise TypeError(f"{name}: expected a mapping {{name: nn.Linear}} (e.g. select_targets(model)), "
+                        f"got {_type_name(targets)}")
+    for key, module in targets.items():
+        check_module(module, f"{name}[{key!r}]")
+        check_tensor(getattr(module, "weight", None), f"{key}.weight", dtypes=None)
 
 
 @dataclass(frozen=True)
@@ -265,20 +285,50 @@ def compress(weight: torch.Tensor, pattern: NxM | str, name: str = "weight") -> 
     return values.reshape(out, -1), idx.to(_index_dtype(pattern.n)).reshape(out, -1)
 
 
-def decompress(values: torch.Tensor, indices: torch.Tensor, pattern: NxM | str) -> torch.Tensor:
-    """Inverse of :func:`compress`: rebuild the dense ``[out, in]`` weight exactly."""
+def decompress(values: torch.Tensor, indices: torch.Tensor, pattern: NxM | str, name: str = "weight") -> torch.Tensor:
+    """Inverse of :func:`compress`: rebuild the dense ``[out, in]`` weight exactly.
+
+    The pair is checked first: ``values`` a floating-point and ``indices`` an integer tensor
+    of the same 2-D shape ``[out, groups * m]``, every index a position ``0..n-1`` inside its
+    group and the ``m`` indices of a group distinct (in any order).  Corrupted indices are
+    never scattered into a wrong (or silently overwritten) position.
+
+    Args:
+        values: The kept weights, ``m`` per group.
+        indices: Their positions inside each group of ``n``.
+        pattern: The :class:`NxM` (or ``"n:m"``) they were compressed with.
+        name: The tensor's name in error messages (e.g. the layer's).
+
+    Raises:
+        TypeError: a non-tensor, or a wrong dtype.
+        ValueError: shapes that do not form a compressed pair, an index out of range or
+            repeated within a group; the message names the tensor and the first bad group.
+    """
     pattern = NxM.parse(pattern)
-    check_tensor(values, "values")
-    check_tensor(indices, "indices", (torch.uint8, torch.int16, torch.int32, torch.int64))
+    check_tensor(values, f"{name}: values")
+    check_tensor(indices, f"{name}: indices", (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64))
     if values.shape != indices.shape or values.dim() != 2 or values.shape[1] % pattern.m != 0:
         raise ValueError(
-            f"values {tuple(values.shape)} and indices {tuple(indices.shape)} are not a "
-            f"compressed {pattern!r} pair"
+            f"{name}: values {tuple(values.shape)} and indices {tuple(indices.shape)} are not a "
+            f"compressed {pattern!r} pair (both [out, groups * {pattern.m}])"
         )
     out, kept = values.shape
     groups = kept // pattern.m
+    idx = indices.reshape(-1, pattern.m).long()
+    bad = ((idx < 0) | (idx >= pattern.n)).any(dim=1)
+    if bool(bad.any()):
+        g = int(bad.nonzero()[0])
+        raise ValueError(f"{name}: indices must be positions 0..{pattern.n - 1} inside a group of {pattern.n}, "
+                         f"found {idx[g].tolist()} in group {g % groups} of row {g // groups}")
+    if pattern.m > 1:
+        ordered = idx.sort(dim=1).values
+        repeated = (ordered[:, 1:] == ordered[:, :-1]).any(dim=1)
+        if bool(repeated.any()):
+            g = int(repeated.nonzero()[0])
+            raise ValueError(f"{name}: the {pattern.m} indices of a group must be distinct, found {idx[g].tolist()} "
+                             f"in group {g % groups} of row {g // groups}")
     dense = torch.zeros(out * groups, pattern.n, dtype=values.dtype, device=values.device)
-    dense.scatter_(1, indices.reshape(-1, pattern.m).long(), values.reshape(-1, pattern.m))
+    dense.scatter_(1, idx, values.reshape(-1, pattern.m))
     return dense.reshape(out, groups * pattern.n)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from torch import nn
 
-from .nxm import NxM
+from .nxm import NxM, check_module, check_targets
 
 __all__ = ["COMPONENTS", "select_targets", "describe_target", "train_only"]
 
@@ -42,7 +42,13 @@ _NEVER = re.compile(r"(?:^|\.)(?:embeddings?|pooler|classifier|pre_classifier|lm
 
 
 def describe_target(name: str) -> tuple[str | None, int | None]:
-    """Return ``(component, layer index)`` of a module name, or ``(None, None)``."""
+    """Return ``(component, layer index)`` of a module name, or ``(None, None)``.
+
+    Raises:
+        TypeError: ``name`` is not a string (e.g. the module itself).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a module name (str), got {type(name).__qualname__}")
     # attention.output.dense also ends in output.dense: test attn_out before ffn2
     for component in ("query", "key", "value", "attn_out", "ffn1", "ffn2"):
         match = _COMPONENT_RES[component].search(name)
@@ -74,9 +80,11 @@ def select_targets(
         An ordered ``{qualified name: module}`` dict.
 
     Raises:
+        TypeError: ``model`` is not an ``nn.Module`` (e.g. a numpy array or a state dict).
         ValueError: for an unknown component, a selection that matches nothing, or
             (with ``pattern``) a layer whose input width ``n`` does not divide.
     """
+    check_module(model)
     if isinstance(components, str):
         components = COMPONENTS if components == "all" else (components,)
     unknown = [c for c in components if c not in COMPONENTS]
@@ -117,6 +125,8 @@ def train_only(model: nn.Module, targets: Mapping[str, nn.Module]) -> list[str]:
     Returns the names of the parameters left trainable.  ``Trainer`` builds its optimizer
     from the trainable parameters only.
     """
+    check_module(model)
+    check_targets(targets)
     keep = {id(p) for module in targets.values() for p in (module.weight, getattr(module, "bias", None))
             if p is not None}
     trainable = []

@@ -2,7 +2,8 @@
 
 They name the kernel ``make lab`` registers, their default paths are the repository's
 ``results/`` and ``figures/`` whatever the kernel's working directory, and a missing run
-is only trained with ``train=True``: otherwise the plan is printed.
+is only trained with ``train=True``: otherwise the plan is printed (and a store with no
+finished run at all is refused: tests/test_faults.py).
 """
 
 from __future__ import annotations
@@ -71,11 +72,21 @@ def no_training(monkeypatch):
     monkeypatch.setattr("nxmlab.study.recipe.run_experiment", refuse)
 
 
+def _other_finished_run(results: Path) -> None:
+    """A finished run of no smoke study: the store is not empty, and every smoke run is missing."""
+    run = results / "rte" / "other-run"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"store_version": 2}\n')
+    (run / "metrics.json").write_text('{"status": "finished"}\n')
+
+
 @pytest.mark.parametrize("train", [{}, {"train": False}, {"train": "no"}, {"train": None}])
 def test_a_missing_run_is_never_trained_without_train_true(tmp_path, capsys, no_training, train):
     results = tmp_path / "results"
+    _other_finished_run(results)
+    files = sorted(results.rglob("*"))
     out = notebook.run_study("smoke", "table", results, **train)
-    assert out.empty and not results.exists()
+    assert out.empty and sorted(results.rglob("*")) == files
     text = capsys.readouterr().out
     assert text.count("not run yet (train=False)") == 12
     assert f"plan: 12 of 12 runs (marked 'not run yet' above) are not in {results}; nothing was trained" in text
@@ -134,6 +145,7 @@ def test_reproduce_trains_unless_told_not_to(tmp_path, monkeypatch):
 
     seen = []
     monkeypatch.setattr(rep, "execute_notebook", lambda name, out, params, *a, **k: seen.append(params) or out)
+    monkeypatch.setattr("nxmlab.study.verify.require_finished_runs", lambda *a, **k: None)  # an empty store
     rep.reproduce("smoke", tmp_path / "r", tmp_path / "f", notebooks="glue_table", output_root=tmp_path, echo=str)
     rep.reproduce("smoke", tmp_path / "r", tmp_path / "f", notebooks="glue_table", output_root=tmp_path,
                   parameters={"train": False}, echo=str)

@@ -204,6 +204,50 @@ def test_compress_rejects_dense_weight():
         decompress(torch.ones(2, 3), torch.zeros(2, 3, dtype=torch.uint8), "4:2")
 
 
+@settings(max_examples=150, deadline=None)
+@given(weights(ties=True), st.data())
+def test_every_compressed_pair_round_trips_and_every_corrupted_index_array_is_refused(case, data):
+    """compress -> decompress is exact, also with the (value, index) pairs of a group in any
+    order; an index out of 0..n-1 or repeated inside a group is refused naming the tensor."""
+    pattern, w = case
+    sparse = project(w, pattern)
+    values, indices = compress(sparse, pattern)
+    assert torch.equal(decompress(values, indices, pattern), sparse)
+    # any order of a group's (value, index) pairs is a valid encoding of the same weight
+    order = torch.stack([torch.randperm(pattern.m, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99))))
+                         for _ in range(indices.numel() // pattern.m)])
+    shuffled = [t.reshape(-1, pattern.m).gather(1, order.to(torch.int64)).reshape(t.shape) for t in (values, indices)]
+    assert torch.equal(decompress(*shuffled, pattern), sparse)
+    # corrupt one group: an index out of range, or (m > 1) one index repeated
+    flat = indices.reshape(-1, pattern.m).clone()
+    group = data.draw(st.integers(0, flat.shape[0] - 1))
+    kinds = ["range"] + (["repeat"] if pattern.m > 1 else [])
+    kind = data.draw(st.sampled_from(kinds))
+    if kind == "range":
+        flat[group, data.draw(st.integers(0, pattern.m - 1))] = data.draw(st.integers(pattern.n, 255))
+        message = f"fc: indices must be positions 0..{pattern.n - 1}"
+    else:
+        i, j = data.draw(st.lists(st.integers(0, pattern.m - 1), min_size=2, max_size=2, unique=True))
+        flat[group, i] = flat[group, j]
+        message = "fc: the .* indices of a group must be distinct"
+    with pytest.raises(ValueError, match=message):
+        decompress(values, flat.reshape(indices.shape), pattern, "fc")
+    negative = indices.to(torch.int16).reshape(-1, pattern.m).clone()
+    negative[group, 0] = -1
+    with pytest.raises(ValueError, match="fc: indices must be positions"):
+        decompress(values, negative.reshape(indices.shape), pattern, "fc")
+
+
+def test_decompress_checks_types_and_shapes():
+    values, indices = compress(project(torch.randn(2, 8), "4:2"), "4:2")
+    with pytest.raises(TypeError, match="fc: indices: unsupported dtype torch.float32"):
+        decompress(values, indices.float(), "4:2", "fc")
+    with pytest.raises(TypeError, match="fc: values: expected a torch.Tensor, got numpy.ndarray"):
+        decompress(values.numpy(), indices, "4:2", "fc")
+    with pytest.raises(ValueError, match=r"fc: values \(2, 4\) and indices \(2, 3\) are not a compressed"):
+        decompress(values, indices[:, :3], "4:2", "fc")
+
+
 def test_pack_mask_round_trip():
     mask = torch.rand(37, 13) > 0.5
     packed, shape = pack_mask(mask)

@@ -177,7 +177,7 @@ def load_config_file(path: str | Path) -> tuple[RunConfig, NxMTrainingArguments]
 
 def _check_training(args: TrainingArguments) -> None:
     """Raise ``InputError`` for a training argument of the wrong type or out of range."""
-    from .inputs import InputError, coerce
+    from .inputs import InputError, check_training_ranges, coerce
 
     values = {key: getattr(args, key) for key in TRAINING_KEYS if hasattr(args, key)}
     checked = coerce(type(args), values)
@@ -191,6 +191,7 @@ def _check_training(args: TrainingArguments) -> None:
         value = float(getattr(args, key))
         if value < low or (high is not None and value >= high):
             raise InputError(f"{key} must be >= {low:g}{f' and < {high:g}' if high is not None else ''}, got {value!r}")
+    check_training_ranges(args)  # seeds, evaluation batch, max_steps, ...: before any file is written
 
 
 def _components(spec: str) -> tuple[str, ...]:

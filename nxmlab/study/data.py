@@ -15,6 +15,8 @@ own longest sequence (dynamic padding).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +191,19 @@ def _missing_message(what: str, path: Path) -> str:
     )
 
 
+@contextlib.contextmanager
+def _datasets_errors_silenced():
+    """``datasets`` logs a damaged Parquet file as an ERROR (twice) before it raises; while
+    loading a mirror file only its exception is kept, which :func:`load_glue` turns into one line."""
+    ds_logger = logging.getLogger("datasets")
+    level = ds_logger.level
+    ds_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        ds_logger.setLevel(level)
+
+
 def load_glue(
     task: str | GlueTask,
     split: str,
@@ -262,13 +277,14 @@ def load_glue(
         from pyarrow import ArrowException
 
         try:
-            ds = load_dataset(
-                "parquet",
-                data_files={split: str(path)},
-                split=split,
-                keep_in_memory=True,
-                cache_dir=cache,
-            )
+            with _datasets_errors_silenced():  # a damaged file: our one line below, not datasets' two
+                ds = load_dataset(
+                    "parquet",
+                    data_files={split: str(path)},
+                    split=split,
+                    keep_in_memory=True,
+                    cache_dir=cache,
+                )
         except (ArrowException, DatasetGenerationError, OSError) as exc:
             # OSError covers pyarrow's "Couldn't deserialize thrift" on damaged pages;
             # the file's existence was checked above.

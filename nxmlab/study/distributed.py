@@ -11,17 +11,23 @@ file rank 0 writes waits for it (:func:`barrier`).  The ranks share one filesyst
 
 A launch that cannot run DDP fails with one line before anything is written
 (:func:`configure_launch`, :func:`check_launch`); it never falls back to a single
-process silently.
+process silently.  A launch that works says so once, on rank 0 (``DDP on: ...``).
+
+torch is imported inside the functions: :func:`launched_world_size`, :func:`rank` and
+:func:`is_main` read the launcher's environment only, so the command line can ask them
+before it loads torch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "launched_world_size",
@@ -36,6 +42,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+_announced: set[tuple[int, str]] = set()  # "DDP on" is said once per world size and backend
 
 
 def launched_world_size() -> int:
@@ -61,15 +70,23 @@ def configure_launch(args: Any) -> None:
 
     Called before the arguments set up their device (``NxMTrainingArguments.__post_init__``).
     Without CUDA, ``torchrun`` runs the ranks on CPU with gloo (``use_cpu``); with CUDA,
-    each rank needs its own GPU.  Nothing changes in a single process.
+    each rank needs its own GPU.  ``ddp_find_unused_parameters`` left unset becomes ``False``:
+    a GLUE classifier uses every parameter that trains in each forward pass (frozen ones,
+    ``--train_only_targets``, are frozen before DDP wraps the model and are not tracked), so
+    DDP need not search the graph for unused ones, and torch's warning that it found none is
+    gone.  Nothing changes in a single process.
 
     Raises:
         ValueError: the launch cannot run DDP (a backend the device lacks, fewer GPUs than
             ranks on a node).
     """
+    import torch
+
     world = launched_world_size()
     if world == 1:
         return
+    if getattr(args, "ddp_find_unused_parameters", False) is None:
+        args.ddp_find_unused_parameters = False
     backend = args.ddp_backend
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if args.use_cpu or not torch.cuda.is_available():
@@ -101,11 +118,19 @@ def check_launch(args: Any) -> int:
         raise ValueError(f"torchrun started {world} processes, but Trainer would train each alone "
                          f"(parallel mode {args.parallel_mode.value}, world size {args.world_size}); "
                          f"pass --use_cpu --ddp_backend gloo on CPU")
+    backend = str(getattr(args, "ddp_backend", None) or "default backend")
+    if is_main() and (world, backend) not in _announced:
+        _announced.add((world, backend))
+        device = "CPU" if getattr(args, "use_cpu", False) else "one GPU each"
+        logger.info("DDP on: %d processes (%s, %s), global batch %d", world, backend, device,
+                    world * args.per_device_train_batch_size * args.gradient_accumulation_steps)
     return world
 
 
 def active() -> bool:
     """True when this process is one of several ranks of an initialised process group."""
+    import torch
+
     return (launched_world_size() > 1 and torch.distributed.is_available()
             and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1)
 
@@ -113,6 +138,8 @@ def active() -> bool:
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
     if active():
+        import torch
+
         torch.distributed.barrier()
 
 
@@ -124,6 +151,8 @@ def decide(choose: Callable[[], T]) -> T:
     """
     if not active():
         return choose()
+    import torch
+
     box: list[Any] = [None]
     if is_main():
         try:
@@ -138,6 +167,8 @@ def decide(choose: Callable[[], T]) -> T:
 
 
 def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
@@ -154,6 +185,8 @@ def check_replicated(tensors: Mapping[str, torch.Tensor], what: str) -> None:
     """
     if not active():
         return
+    import torch
+
     digests: list[Any] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(digests, _digest(tensors))
     if len(set(digests)) > 1:

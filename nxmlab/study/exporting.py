@@ -4,12 +4,12 @@ A committed run folder holds only the record; its weights live in the ignored ca
 (:mod:`nxmlab.study.store`).  On a fresh clone :func:`export_run` therefore stops with one
 line, unless ``rebuild=True``: it then retrains the run from its ``config.json`` in a
 scratch results folder, checks that the new score matches the committed one, and
-installs the weights in the run's cache (the committed files are not touched).
+installs the weights in the run's cache (the committed files are not touched).  The
+retraining shows its progress (:func:`~nxmlab.study.progress.progress_callbacks`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -21,13 +21,11 @@ from .. import __version__
 from ..export import save_sparse, verify_sparse
 from ..nxm import NxM
 from ..targets import select_targets
+from .catalog import DTYPES
 from .config import TRAINING_KEYS, NxMTrainingArguments, RunConfig, RunSpec
 from .store import RunFolder, cache_root
 
 __all__ = ["DTYPES", "export_run", "rebuild_run", "run_arguments", "verify_export"]
-
-#: ``--dtype`` choices: ``auto`` keeps the dtype the run was trained in.
-DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def _finished(run: RunFolder) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -82,6 +80,7 @@ def rebuild_run(run: RunFolder, tolerance: float = 1.0) -> dict[str, Any]:
     Raises:
         ValueError: the run cannot be rebuilt, or its new score does not match.
     """
+    from .progress import progress_callbacks
     from .recipe import run_experiment
 
     config, metrics = _finished(run)
@@ -93,7 +92,7 @@ def rebuild_run(run: RunFolder, tolerance: float = 1.0) -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix=".rebuild-", dir=run.cache.parent))
     try:
         cfg, args = run_arguments(config, scratch)
-        rebuilt = run_experiment(cfg, args)
+        rebuilt = run_experiment(cfg, args, callbacks=progress_callbacks(args))
         again = RunFolder(scratch, run.task, run.name)
         delta = 100 * abs(rebuilt["score"] - metrics["score"])
         if delta > tolerance:
@@ -185,9 +184,13 @@ def export_run(run_path: str | os.PathLike[str], out: str | os.PathLike[str], *,
 
 
 def verify_export(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], list[str]]:
-    """``(metadata, problems)`` of an exported folder (:func:`nxmlab.export.verify_sparse`)."""
-    from ..export import METADATA_KEY
+    """``(metadata, problems)`` of an exported folder (:func:`nxmlab.export.verify_sparse`).
+
+    Raises:
+        ValueError: a file of the folder cannot be read (``config.json``, the weights, the
+            n:m metadata); the message names it.
+    """
+    from ..export import read_metadata
 
     problems = verify_sparse(folder)
-    meta = json.loads((Path(folder) / "config.json").read_text())[METADATA_KEY]
-    return meta, problems
+    return read_metadata(folder), problems

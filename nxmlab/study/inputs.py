@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["InputError", "parse_bool", "parse_number", "coerce", "coerce_dataclass", "read_config_file",
-           "TRUE_WORDS", "FALSE_WORDS"]
+           "check_training_ranges", "TRUE_WORDS", "FALSE_WORDS", "SEED_MAX"]
 
 #: Text read as true / false (case-insensitive); the words ``HfArgumentParser`` accepts.
 TRUE_WORDS = ("true", "yes", "on", "t", "y", "1")
 FALSE_WORDS = ("false", "no", "off", "f", "n", "0")
+#: The largest seed: Trainer seeds numpy, whose seeds are 0 .. 2**32 - 1.
+SEED_MAX = 2**32 - 1
 
 
 class InputError(ValueError):
@@ -197,3 +199,40 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if bad:
         raise InputError(f"config file {path}: option names must be text, got {bad[0]!r}")
     return data
+
+
+def _integer(args: Any, name: str) -> int | None:
+    value = getattr(args, name, None)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{name} must be an integer, got {value!r}")
+    return value
+
+
+def check_training_ranges(args: Any) -> None:
+    """Raise :class:`InputError` for a training argument outside the range Trainer can use.
+
+    These values pass ``TrainingArguments`` itself but fail only once training starts,
+    after the run folder exists: a seed outside numpy's ``0 .. 2**32 - 1`` (``seed``,
+    ``data_seed``), an evaluation batch size below 1, ``max_steps`` other than -1 or a
+    positive count, ``save_steps`` <= 0 (no checkpoint: nothing to resume from) and a
+    negative ``dataloader_num_workers``.  (Learning rate, epochs, training batch size and
+    the other optimiser settings are checked by :class:`~nxmlab.study.config.RunSpec`.)
+    """
+    for name in ("seed", "data_seed"):
+        value = _integer(args, name)
+        if value is not None and not 0 <= value <= SEED_MAX:
+            raise InputError(f"{name} must be an integer in 0..{SEED_MAX} (numpy's seed range), got {value}")
+    value = _integer(args, "per_device_eval_batch_size")
+    if value is not None and value < 1:
+        raise InputError(f"per_device_eval_batch_size must be a positive integer, got {value}")
+    value = _integer(args, "max_steps")
+    if value is not None and value != -1 and value < 1:
+        raise InputError(f"max_steps must be a positive integer, or -1 to train num_train_epochs, got {value}")
+    value = getattr(args, "save_steps", None)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not (math.isfinite(value) and value > 0):
+        raise InputError(f"save_steps must be > 0 (steps between checkpoints, or a fraction of the run), got {value}")
+    value = _integer(args, "dataloader_num_workers")
+    if value is not None and value < 0:
+        raise InputError(f"dataloader_num_workers must be >= 0, got {value}")

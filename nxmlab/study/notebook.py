@@ -12,7 +12,12 @@ Every notebook follows one convention, so that JupyterLab behaves as papermill d
 
 Training only happens through :func:`nxmlab.study.recipe.run_experiment`, which reuses
 finished runs, and only with ``train=True``: otherwise a missing run is reported with the
-plan to train it, and the tables and plots show the finished runs.
+plan to train it, and the tables and plots show the finished runs.  With ``train=False`` a
+results folder that holds no finished run at all is refused
+(:class:`~nxmlab.study.verify.EmptyStoreError`, naming the folder and the repository's
+``results/``): an empty table would look like a result.  Training shows progress: one line
+per few steps in a notebook (or wherever stdout is not a terminal), Trainer's progress bars
+in a terminal (:mod:`~nxmlab.study.progress`).
 """
 
 from __future__ import annotations
@@ -27,29 +32,15 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
+from .catalog import repo_root, resolve_dir
 from .frames import load_scores
 from .presets import Preset, preset_runs, resolve_preset, row_labels
 from .store import DamagedFileError
 
 __all__ = ["Setup", "setup", "describe_preset", "run_study", "repo_root", "resolve_dir", "as_train"]
 
-def repo_root() -> Path | None:
-    """The source checkout this nxmlab is imported from, or ``None`` for an installed package."""
-    root = Path(__file__).resolve().parents[2]
-    return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
-
-
-def resolve_dir(value: str | os.PathLike[str] | None, default: str) -> Path:
-    """An absolute folder for a notebook path parameter.
-
-    ``None`` is the repository's ``<default>/`` and a relative path is taken from the
-    repository root, so the kernel's working directory (``notebooks/`` in JupyterLab)
-    never matters.  Outside a source checkout both are taken from the working directory.
-    """
-    path = Path(default if value is None else value).expanduser()
-    if not path.is_absolute():
-        path = (repo_root() or Path.cwd()) / path
-    return Path(os.path.abspath(path))
+#: What a notebook with ``train=False`` and an empty results folder should do instead.
+_EMPTY_ADVICE = "set results_dir = None for them, or train = True to train the runs"
 
 
 def as_train(value: Any) -> bool:
@@ -111,11 +102,17 @@ def setup(preset: str | Preset, results_dir: str | os.PathLike[str] | None = Non
 
     Returns:
         ``Setup(preset, results_dir, figures_dir, train)``, with the plotting style set.
+
+    Raises:
+        EmptyStoreError: ``train`` is false and the results folder holds no finished run.
     """
     from .plots import set_style
+    from .verify import require_finished_runs
 
     resolved = resolve_preset(preset, **overrides)
     out = Setup(resolved, resolve_dir(results_dir, "results"), resolve_dir(figures_dir, "figures"), as_train(train))
+    if not out.train:
+        require_finished_runs(out.results_dir, _EMPTY_ADVICE)
     set_style()
     print("kernel:", sys.executable)
     print(describe_preset(resolved))
@@ -161,12 +158,19 @@ def run_study(preset: Preset | str, study: str | Sequence[str], results_dir: str
 
     Returns:
         :func:`~nxmlab.study.frames.load_scores` rows of the study's finished runs.
+
+    Raises:
+        EmptyStoreError: ``train`` is false and the results folder holds no finished run.
     """
+    from .progress import progress_callbacks
     from .recipe import run_experiment
+    from .verify import require_finished_runs
 
     train = as_train(train)
     results_dir = resolve_dir(results_dir, "results")
     preset = resolve_preset(preset)
+    if not train:
+        require_finished_runs(results_dir, _EMPTY_ADVICE)
     runs = preset_runs(preset, study, str(results_dir), glue_dir)
     keys, missing = [], 0
     with _quiet_datasets():
@@ -193,7 +197,7 @@ def run_study(preset: Preset | str, study: str | Sequence[str], results_dir: str
             if log:
                 log(f"{what}: training ...")
             tic = time.perf_counter()
-            metrics = run_experiment(spec)
+            metrics = run_experiment(spec, callbacks=progress_callbacks(spec.args))
             if log:
                 log(f"{what}: done in {time.perf_counter() - tic:.0f} s, {_score_text(metrics)}")
     scores = load_scores(results_dir)

@@ -6,6 +6,12 @@ so a rerun only re-draws finished work.  Executed copies go to
 when the notebook finished; a failed one is kept as ``<name>.failed.ipynb``), figures
 and tables to ``--figures-dir``.
 
+Default folders (``results_dir``, ``figures_dir``, ``output_root`` left ``None``) are the
+repository's ``results/``, ``figures/`` and ``runs/notebooks/``, as in the notebooks
+(:func:`~nxmlab.study.catalog.resolve_dir`), whatever the working directory.  With
+``train=False`` a results folder with no finished run is refused
+(:class:`~nxmlab.study.verify.EmptyStoreError`): there would be nothing to draw.
+
 The kernel is this interpreter: a private kernelspec (``nxmlab-<hash>``) whose argv
 starts with ``sys.executable`` is put first on ``JUPYTER_PATH`` for the run, so a user
 or system ``python3`` kernel can never be picked instead.
@@ -25,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .catalog import NOTEBOOKS, resolve_dir
 from .presets import Preset, preset_runs, resolve_preset
 from .store import read_json
 
@@ -33,9 +40,6 @@ __all__ = ["NOTEBOOKS", "NOTEBOOK_STUDIES", "notebook_dir", "plan", "format_plan
 
 logger = logging.getLogger(__name__)
 
-#: The notebooks, in execution order.
-NOTEBOOKS: tuple[str, ...] = ("glue_table", "dense_tuning", "nm_sweep", "convergence", "rho_analysis", "sparsity_dynamics",
-                              "mask_distance", "protocol")
 #: The preset studies (see :mod:`nxmlab.study.presets`) each notebook trains or reuses.
 NOTEBOOK_STUDIES: dict[str, tuple[str, ...]] = {
     "glue_table": ("table",),
@@ -249,23 +253,25 @@ def check_store(results_dir: str | os.PathLike[str]) -> None:
             "--overwrite or move them away")
 
 
-def reproduce(preset: Preset | str, results_dir: str | os.PathLike[str] = "results",
-              figures_dir: str | os.PathLike[str] = "figures", glue_dir: str | None = None,
+def reproduce(preset: Preset | str, results_dir: str | os.PathLike[str] | None = None,
+              figures_dir: str | os.PathLike[str] | None = None, glue_dir: str | None = None,
               notebooks: Sequence[str] | str | None = None, dry_run: bool = False,
-              output_root: str | os.PathLike[str] = "runs/notebooks", progress_bar: bool = True,
+              output_root: str | os.PathLike[str] | None = None, progress_bar: bool = True,
               log_output: bool = False, parameters: dict[str, Any] | None = None,
               echo=print) -> list[Path]:
     """Execute the notebooks of ``preset`` in order (or only print the plan with ``dry_run``).
 
     Args:
         preset: Preset name or :class:`~nxmlab.study.presets.Preset`.
-        results_dir: Results store (finished runs are reused).
-        figures_dir: Where the notebooks write figures and tables.
+        results_dir: Results store (finished runs are reused; ``None``: the repository's
+            ``results/``; a relative path is taken from the working directory).
+        figures_dir: Where the notebooks write figures and tables (``None``: the repository's ``figures/``).
         glue_dir: GLUE mirror (``None``: ``$NXMLAB_GLUE_DIR``, else the Hub).
         notebooks: Subset of :data:`NOTEBOOKS` (always run in that order); default: the
             preset's ``notebooks``, or all of them.
         dry_run: Print the plan and return without executing or writing anything.
-        output_root: Executed copies go to ``<output_root>/<preset>/``.
+        output_root: Executed copies go to ``<output_root>/<preset>/`` (``None``: the
+            repository's ``runs/notebooks/``).
         progress_bar: papermill's per-cell progress bar.
         log_output: Stream the notebooks' output to the ``papermill`` logger.
         parameters: Extra notebook parameters (preset field overrides such as ``tasks``;
@@ -274,6 +280,11 @@ def reproduce(preset: Preset | str, results_dir: str | os.PathLike[str] = "resul
 
     Returns:
         The executed notebooks' paths (empty for a dry run).
+
+    Raises:
+        ValueError: an unknown preset, notebook or parameter;
+            :class:`~nxmlab.study.verify.EmptyStoreError` with ``train=False`` and no finished run.
+        DamagedStoreError: the store holds damaged runs (nothing is drawn).
     """
     parameters = dict(parameters or {})
     if "train" in parameters:
@@ -283,9 +294,15 @@ def reproduce(preset: Preset | str, results_dir: str | os.PathLike[str] = "resul
     overrides = {k: v for k, v in parameters.items() if k not in ("train",)}
     base = resolve_preset(preset)  # raises ValueError for an unknown preset
     resolved = base.replace(**overrides)
+    results_dir, figures_dir, output_root = (
+        resolve_dir(None, default) if value is None else Path(os.path.abspath(Path(value).expanduser()))
+        for value, default in ((results_dir, "results"), (figures_dir, "figures"), (output_root, "runs/notebooks")))
     check_store(results_dir)  # never draw from damaged runs
+    if parameters.get("train") is False:  # nothing to train, so something must be there to draw
+        from .verify import require_finished_runs
+
+        require_finished_runs(results_dir, "run without --no-train (train=False) to train the preset's runs")
     names = _select(notebooks or resolved.notebooks or None)
-    results_dir, figures_dir = Path(results_dir).absolute(), Path(figures_dir).absolute()
     glue_dir = None if glue_dir is None else str(Path(glue_dir).expanduser().absolute())
     steps = plan(resolved, results_dir, glue_dir, names)
     echo(format_plan(resolved, steps, results_dir))

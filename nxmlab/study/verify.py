@@ -40,7 +40,7 @@ from .methods import METHODS
 from .integrity import file_sha256, model_folder_problem
 from .store import STORE_VERSION, DamagedFileError, RunFolder, config_hash, iter_runs, load_masks, metrics_problem, read_json
 
-__all__ = ["RunCheck", "verify_run", "verify_results", "level_problem"]
+__all__ = ["RunCheck", "verify_run", "verify_results", "level_problem", "EmptyStoreError", "require_finished_runs"]
 
 #: Committed frames that must hold rows when present (the others may be empty).
 _NON_EMPTY = (RunFolder.PREDICTIONS, RunFolder.DYNAMICS, RunFolder.MASK_DISTANCES, RunFolder.MAGNITUDES)
@@ -344,17 +344,50 @@ def verify_run(folder: RunFolder, cache: bool = True, gold: Callable[[str], Any]
     return check
 
 
-def level_problem(results_dir: str | os.PathLike[str]) -> str | None:
-    """Why ``results_dir`` is not a results folder (``<results>/<task>/<run>/config.json``), or ``None``."""
+def level_problem(results_dir: str | os.PathLike[str], verb: str = "verify") -> str | None:
+    """Why ``results_dir`` is not a results folder (``<results>/<task>/<run>/config.json``), or ``None``.
+
+    ``verb`` is the command the message suggests (``nxmlab <verb> <the right folder>``).
+    """
     root = Path(results_dir)
+    what = f"{verb} reads" if verb != "verify" else "verify checks"
     if not root.is_dir():
         return f"results folder {root} does not exist"
     if (root / RunFolder.CONFIG).is_file():
-        return (f"{root} is a run folder; verify checks a results folder (<results>/<task>/<run>): "
-                f"nxmlab verify {root.parent.parent}")
+        return (f"{root} is a run folder; {what} a results folder (<results>/<task>/<run>): "
+                f"nxmlab {verb} {root.parent.parent}")
     if any(p.is_file() for p in root.glob(f"*/{RunFolder.CONFIG}")):
-        return f"{root} is a task folder; verify checks a results folder (<results>/<task>/<run>): nxmlab verify {root.parent}"
+        return f"{root} is a task folder; {what} a results folder (<results>/<task>/<run>): nxmlab {verb} {root.parent}"
     return None
+
+
+class EmptyStoreError(ValueError):
+    """A results folder with no finished run where finished runs are expected (nothing to show)."""
+
+
+def require_finished_runs(results_dir: str | os.PathLike[str], advice: str = "") -> None:
+    """Raise :class:`EmptyStoreError` unless ``results_dir`` holds a finished run
+    (``<results>/<task>/<run>/metrics.json``); reads only.
+
+    The message names the folder, why it holds none (missing, a task or run folder, empty),
+    where the repository's ``results/`` is, and ``advice`` (e.g. how to train the runs).
+    """
+    from .catalog import repo_root
+
+    root = Path(os.path.abspath(Path(results_dir).expanduser()))
+    if any(run.file(RunFolder.METRICS).is_file() for run in iter_runs(root)):
+        return
+    level = level_problem(root, "table")
+    why = (level.split(";")[0] if level else f"no finished run under {root}") + \
+        " (expected <results>/<task>/<run>/metrics.json)"
+    repo = repo_root()
+    if repo is not None and root != repo / "results":
+        where = f"the repository's results are in {repo / 'results'}"
+    elif repo is None:
+        where = "this nxmlab is installed, not checked out: pass the results/ folder of a checkout"
+    else:
+        where = "the repository's results/ holds no finished run"
+    raise EmptyStoreError(f"nothing to show: {why}; {where}" + (f"; {advice}" if advice else ""))
 
 
 def verify_results(results_dir: str | os.PathLike[str], cache: bool = True, rescore: bool = False,

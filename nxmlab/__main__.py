@@ -1,0 +1,8 @@
+"""``python -m nxmlab``: the ``nxmlab`` command line (:func:`nxmlab.study.cli.main`).
+
+Only ``python -m nxmlab`` runs this file; ``import nxmlab`` never imports the study layer.
+"""
+
+from .study.cli import main
+
+raise SystemExit(main())
