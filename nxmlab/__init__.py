@@ -7,8 +7,8 @@ Two layers in one package:
 
 * **the method** (this package's modules): :mod:`nxmlab.nxm` (patterns, masks,
   projection, compression, with its :mod:`nxmlab.kernels`) <- :mod:`nxmlab.targets`,
-  :mod:`nxmlab.admm`, :mod:`nxmlab.masking`, :mod:`nxmlab.distill`, :mod:`nxmlab.export`
-  <- :mod:`nxmlab.callbacks` (``transformers.Trainer`` callbacks).  Small, exact, and
+  :mod:`nxmlab.admm`, :mod:`nxmlab.masking`, :mod:`nxmlab.distill`, :mod:`nxmlab.export`,
+  :mod:`nxmlab.learned` (MaskLLM's learned n:m masks) <- :mod:`nxmlab.callbacks` (``transformers.Trainer`` callbacks).  Small, exact, and
   independent of the study;
 * **the study** (:mod:`nxmlab.study`): GLUE data, the results store, the method registry
   and recipe, presets, result frames, plots, notebooks and the ``nxmlab`` CLI.  It uses
@@ -27,15 +27,21 @@ __all__ = [
     "ADMMDiagnostics",
     "COMPONENTS",
     "FixedMasks",
+    "LearnedMasks",
+    "MaskSchedule",
     "NxM",
     "apply_masks",
+    "candidate_masks",
     "compress",
     "decompress",
     "describe_target",
     "distillation_loss",
+    "gumbel_soft_mask",
     "is_nxm",
+    "kept_weight_norm",
     "magnitude_nxm_masks",
     "nxm_mask",
+    "prior_gates",
     "project",
     "select_targets",
     "unstructured_masks",
@@ -48,13 +54,16 @@ _SOURCES = {
     "apply_masks": "masking", "magnitude_nxm_masks": "masking", "unstructured_masks": "masking", "NxM": "nxm",
     "compress": "nxm", "decompress": "nxm", "is_nxm": "nxm", "nxm_mask": "nxm", "project": "nxm",
     "COMPONENTS": "targets", "describe_target": "targets", "select_targets": "targets",
+    "LearnedMasks": "learned", "MaskSchedule": "learned", "candidate_masks": "learned", "gumbel_soft_mask": "learned",
+    "kept_weight_norm": "learned", "prior_gates": "learned",
 }
-_SUBMODULES = ("admm", "calibration", "callbacks", "distill", "export", "kernels", "masking", "nxm", "sparsegpt",
-               "srste", "study", "targets", "wanda")
+_SUBMODULES = ("admm", "calibration", "callbacks", "distill", "export", "kernels", "learned", "masking", "nxm",
+               "sparsegpt", "srste", "study", "targets", "wanda")
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
     from .admm import ADMM, ADMMDiagnostics
     from .distill import distillation_loss
+    from .learned import LearnedMasks, MaskSchedule, candidate_masks, gumbel_soft_mask, kept_weight_norm, prior_gates
     from .masking import FixedMasks, apply_masks, magnitude_nxm_masks, unstructured_masks
     from .nxm import NxM, compress, decompress, is_nxm, nxm_mask, project
     from .targets import COMPONENTS, describe_target, select_targets

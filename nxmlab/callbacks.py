@@ -19,12 +19,14 @@ from transformers import Trainer, TrainerCallback
 
 from .admm import ADMM
 from .distill import distillation_loss
+from .learned import LearnedMasks
 from .masking import FixedMasks
 from .targets import describe_target
 
 __all__ = [
     "ADMMCallback",
     "FixedMaskCallback",
+    "LearnedMaskCallback",
     "CheckpointMarker",
     "DistillationTrainer",
     "FiniteGuard",
@@ -228,6 +230,50 @@ class FixedMaskCallback(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.fixed.enforce()
+
+
+class LearnedMaskCallback(TrainerCallback):
+    """Drives :class:`~nxmlab.learned.LearnedMasks` inside ``Trainer``.
+
+    The masks must be attached (:meth:`LearnedMasks.attach`) before the ``Trainer`` builds its
+    optimizer, so that the gates are among the model's parameters: Trainer then optimises,
+    clips, checkpoints, restores and (under DDP) all-reduces them like any weight, and its
+    restored RNG state makes a resumed run draw the same Gumbel noise.
+
+    * ``on_train_begin``: ``grad_scale = 1 / gradient_accumulation_steps`` (the regulariser's
+      gradient is added per micro-batch, weighted as Trainer weights the loss); refuses fp16
+      loss scaling with the regulariser on (the hook's term would not be scaled);
+    * ``on_step_begin``: the schedules at progress ``global_step / max_steps``;
+    * ``on_step_end``: every ``log_interval`` optimizer steps and at the last one,
+      ``record({"step", "epoch", "tau", "scale", "reg", "confidence", "prior_distance"})``.
+    """
+
+    def __init__(self, learner: LearnedMasks, log_interval: int = 50,
+                 record: Callable[[dict[str, Any]], None] | None = None) -> None:
+        if log_interval < 1:
+            raise ValueError(f"log_interval must be >= 1, got {log_interval}")
+        self.learner, self.log_interval, self.record = learner, log_interval, record
+
+    def _progress(self, state) -> None:
+        self.learner.set_progress(state.global_step / max(state.max_steps, 1))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if getattr(args, "fp16", False) and self.learner.schedule.reg > 0:
+            raise ValueError("learned masks: the sparse weight regulariser does not support fp16 loss scaling "
+                             "(use bf16 or fp32, or turn the regulariser off)")
+        self.learner.grad_scale = 1.0 / max(int(args.gradient_accumulation_steps), 1)
+        self._progress(state)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._progress(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = state.global_step
+        if self.record is None or (step % self.log_interval and step != state.max_steps):
+            return
+        self.record({"step": step, "epoch": state.epoch, "tau": self.learner.tau, "scale": self.learner.scale,
+                     "reg": self.learner.reg, "confidence": self.learner.confidence(),
+                     "prior_distance": self.learner.prior_distance()})
 
 
 class FiniteGuard(TrainerCallback):

@@ -77,6 +77,32 @@ class RunConfig:
     decoupled_scope: str = field(default="all", metadata={
         "help": "admm, with --decoupled_penalty: pull 'all' positions, or only those Z prunes ('pruned'; the kept "
                 "ones train freely)."})
+    learn_epochs: float = field(default=0.5, metadata={
+        "help": "learned: epochs of the mask-learning phase (MaskLLM: Gumbel-softmax masks over the n:m candidates); "
+                "the prune takes the most likely candidate, then num_train_epochs of masked fine-tuning."})
+    mask_prior: str = field(default="magnitude", metadata={
+        "help": "learned: the one-shot mask the mask logits start from: 'magnitude' (of the dense model, ASP's mask) "
+                "or 'sparsegpt' (its mask only, over calibration_examples; no weight update)."})
+    mask_prior_strength: float = field(default=3.0, metadata={
+        "help": "learned: lead of the prior's candidate over each neighbour, in units of 0.01 gate (MaskLLM: 3); "
+                "its logit margin at the start is this x 0.01 x mask_scale_start."})
+    mask_tau_start: float = field(default=4.0, metadata={"help": "learned: Gumbel-softmax temperature at the start "
+                                                                 "of the learning phase (MaskLLM: 4)."})
+    mask_tau_end: float = field(default=0.05, metadata={"help": "learned: temperature at the end, linear in between "
+                                                                "(MaskLLM: 0.05)."})
+    mask_scale_start: float = field(default=100.0, metadata={"help": "learned: logit scale kappa (logits = kappa x "
+                                                                     "gates) at the start (MaskLLM: 1e2)."})
+    mask_scale_end: float = field(default=500.0, metadata={"help": "learned: logit scale at the end, linear in "
+                                                                   "between (MaskLLM: 5e2)."})
+    mask_lr_mult: float = field(default=10.0, metadata={
+        "help": "learned: learning rate of the mask gates as a multiple of learning_rate, same schedule (MaskLLM: "
+                "10); exact for Adam-type optimizers."})
+    mask_reg: float = field(default=1e-5, metadata={
+        "help": "learned: weight lambda of the sparse weight regulariser -lambda(t) sum ||W * mask||^2 (rewards "
+                "keeping large weights), decaying linearly to 0 over the phase (MaskLLM: 1e-5; 0: off)."})
+    freeze_weights: bool = field(default=True, metadata={
+        "help": "learned: only the mask gates train in the learning phase, every weight is frozen (MaskLLM); "
+                "false: weights and masks train jointly."})
     dense_epochs: float | None = field(default=None, metadata={"help": "Epochs of the dense teacher/start run (default: num_train_epochs)."})
     dense_batch_size: int | None = field(default=None, metadata={
         "help": "Batch size of the dense teacher/start run (default: this run's per_device_train_batch_size)."})
@@ -194,6 +220,27 @@ def _check_training(args: TrainingArguments) -> None:
     check_training_ranges(args)  # seeds, evaluation batch, max_steps, ...: before any file is written
 
 
+#: One-shot masks the learned method's gates can start from.
+MASK_PRIORS = ("magnitude", "sparsegpt")
+
+
+def _check_learned(cfg: RunConfig, args: TrainingArguments) -> None:
+    """Raise ``ValueError`` for a bad option of the learned method (checked for every method)."""
+    if cfg.mask_prior not in MASK_PRIORS:
+        raise ValueError(f"mask_prior must be one of {', '.join(MASK_PRIORS)}, got {cfg.mask_prior!r}")
+    if not isinstance(cfg.freeze_weights, bool):
+        raise ValueError(f"freeze_weights must be true or false, got {cfg.freeze_weights!r}")
+    for name in ("learn_epochs", "mask_tau_start", "mask_tau_end", "mask_scale_start", "mask_scale_end",
+                 "mask_lr_mult"):
+        _positive(name, getattr(cfg, name))
+    for name in ("mask_reg", "mask_prior_strength"):
+        value = getattr(cfg, name)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if get_method(cfg.method).uses("mask_reg") and cfg.mask_reg > 0 and args.fp16:
+        raise ValueError("mask_reg does not support fp16 loss scaling (use bf16 or fp32, or mask_reg 0)")
+
+
 def _components(spec: str) -> tuple[str, ...]:
     if spec.strip() == "all":
         return COMPONENTS
@@ -267,6 +314,7 @@ class RunSpec:
         if not (isinstance(cfg.srste_lambda, (int, float)) and not isinstance(cfg.srste_lambda, bool)
                 and math.isfinite(cfg.srste_lambda) and cfg.srste_lambda >= 0):
             raise ValueError(f"srste_lambda must be a finite number >= 0, got {cfg.srste_lambda!r}")
+        _check_learned(cfg, args)
         for name in ("calibration_examples", "admm_interval", "admm_updates_per_epoch", "admm_steps", "train_limit", "eval_limit", "max_seq_length", "log_interval"):
             if getattr(cfg, name) is not None:
                 _positive(name, getattr(cfg, name), integer=True)

@@ -1,7 +1,9 @@
 """Phase hooks: the method-specific part of a training phase, as the recipe sees it.
 
 A hooks class is named by a :class:`~nxmlab.study.methods.Train` step of the registry.
-The recipe builds it with the phase's start model and calls, in order:
+The recipe builds it with ``(spec, folder, model, targets, steps_per_epoch,
+calibration=...)`` (``calibration()``: the run's calibration batches, as mask rules get
+them) from the phase's start model and calls, in order:
 :meth:`callbacks`, :meth:`resume` (a checkpoint or ``None``), :meth:`end` when the phase
 finished, and :meth:`finish` once the run's final masks are known (also in a later
 process, when the phase had finished before a kill).
@@ -30,7 +32,7 @@ from .store import RunFolder, append_jsonl, atomic_write, follow_umask, load_mas
 if TYPE_CHECKING:
     from .config import RunSpec
 
-__all__ = ["ADMMHooks", "SRSTEHooks", "STAGES", "downsample_dynamics", "ConvergenceCriteria", "CONVERGENCE", "is_converged"]
+__all__ = ["ADMMHooks", "SRSTEHooks", "LearnedHooks", "STAGES", "downsample_dynamics", "ConvergenceCriteria", "CONVERGENCE", "is_converged"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +110,8 @@ class ADMMHooks:
 
     records_dynamics = True
 
-    def __init__(self, spec: RunSpec, folder: RunFolder, model, targets: Callable, steps_per_epoch: int) -> None:
+    def __init__(self, spec: RunSpec, folder: RunFolder, model, targets: Callable, steps_per_epoch: int,
+                 calibration: Callable[[], list] | None = None) -> None:
         cfg = spec.cfg
         self.spec, self.folder = spec, folder
         self.admm = ADMM(model, targets(model), spec.pattern, rho=cfg.rho, rho_factor=cfg.rho_factor,
@@ -286,7 +289,8 @@ class SRSTEHooks:
 
     records_dynamics = False
 
-    def __init__(self, spec: RunSpec, folder: RunFolder, model, targets: Callable, steps_per_epoch: int) -> None:
+    def __init__(self, spec: RunSpec, folder: RunFolder, model, targets: Callable, steps_per_epoch: int,
+                 calibration: Callable[[], list] | None = None) -> None:
         self.spec, self.model, self.targets = spec, model, targets
         self.srste = None
 
@@ -308,6 +312,106 @@ class SRSTEHooks:
     def finish(self, final_masks, final_model, scores=None, references=None) -> dict[str, Any]:
         """No diagnostics beyond the run's own."""
         return {}
+
+
+class LearnedHooks:
+    """The mask-learning phase (MaskLLM, :mod:`nxmlab.learned`): Gumbel-softmax masks over the
+    n:m candidates of every group, their gates initialised from a one-shot prior mask.
+
+    The gates are attached as parameters of the targets before Trainer builds its
+    optimizer, so Trainer trains, clips, checkpoints and restores them (their learning
+    rate is ``mask_lr_mult`` x the run's through the stored ``g / mask_lr_mult``).  With
+    ``freeze_weights`` (default) every weight of the model is frozen and only the gates
+    train.  At the end the argmax masks (exactly n:m) and the prior go to
+    ``learned_state.pt`` in the cache, where the registry's mask rule (:func:`learned_masks`)
+    reads them, also in a later process; the model goes back to plain Linear layers with
+    its weights, unmasked until the prune.
+    """
+
+    records_dynamics = False
+
+    def __init__(self, spec: RunSpec, folder: RunFolder, model, targets: Callable, steps_per_epoch: int,
+                 calibration: Callable[[], list] | None = None) -> None:
+        self.spec, self.folder, self.model, self.targets = spec, folder, model, targets
+        self.calibration = calibration if calibration is not None else list
+        self.learner = None
+
+    def prior(self) -> dict[str, torch.Tensor]:
+        """The prior masks: magnitude n:m of the start weights, or SparseGPT's mask (computed on
+        a copy of the model, so the weights the masks learn on stay the start weights)."""
+        if self.spec.cfg.mask_prior == "sparsegpt":
+            import copy
+
+            from ..sparsegpt import sparsegpt_model
+
+            scratch = copy.deepcopy(self.model)
+            return sparsegpt_model(scratch, self.targets(scratch), self.calibration(), self.spec.pattern)
+        return {name: nxm_mask(m.weight, self.spec.pattern, name) for name, m in self.targets(self.model).items()}
+
+    def callbacks(self) -> list:
+        """Attach the learned masks (gates from the prior) and return their callback."""
+        from ..callbacks import LearnedMaskCallback
+        from ..learned import LearnedMasks, MaskSchedule
+
+        cfg = self.spec.cfg
+        optim = str(getattr(self.spec.args.optim, "value", self.spec.args.optim))
+        if cfg.mask_lr_mult != 1 and "adam" not in optim:
+            logger.warning("learned masks: mask_lr_mult %g is a learning-rate multiplier only under Adam-type "
+                           "optimizers, not %s", cfg.mask_lr_mult, optim)
+        schedule = MaskSchedule(tau=(cfg.mask_tau_start, cfg.mask_tau_end),
+                                scale=(cfg.mask_scale_start, cfg.mask_scale_end), reg=cfg.mask_reg)
+        self.learner = LearnedMasks(self.targets(self.model), self.spec.pattern, prior=self.prior(), schedule=schedule,
+                                    prior_strength=cfg.mask_prior_strength, lr_mult=cfg.mask_lr_mult)
+        self.learner.attach(self.model, freeze_weights=cfg.freeze_weights)
+        return [LearnedMaskCallback(self.learner, cfg.log_interval, record=self._record)]
+
+    def _record(self, row: dict[str, Any]) -> None:
+        if is_main():
+            append_jsonl(self.folder.learned_log, [row])
+
+    def resume(self, checkpoint: Path | None, step: int) -> None:
+        """The gates and their optimizer state come back with Trainer's checkpoint (they are
+        model parameters during the phase); drop the trajectory records after ``step``."""
+        if not is_main():
+            return
+        log = self.folder.learned_log
+        kept = [r for r in read_jsonl(log) if checkpoint is not None and r["step"] <= step]
+        log.unlink(missing_ok=True)
+        if kept:
+            append_jsonl(log, kept)
+
+    def end(self) -> None:
+        """Save the argmax masks and the prior (rank 0), then restore plain Linear layers."""
+        if self.learner is None:
+            return
+        masks = self.learner.hard_masks()
+        check_replicated({f"learned/{n}": m for n, m in masks.items()}, "learned masks")
+        if is_main():
+            state = {"masks": {n: m.cpu() for n, m in masks.items()},
+                     "prior": {n: m.cpu() for n, m in self.learner.prior.items()},
+                     "confidence": self.learner.confidence(), "prior_distance": self.learner.prior_distance()}
+            self.folder.cache.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.folder.learned_state, lambda tmp: torch.save(state, tmp))
+        self.learner.remove()
+
+    def finish(self, final_masks, final_model, scores=None, references=None) -> dict[str, Any]:
+        """``learned_prior_distance`` (final mask vs prior: fraction of kept positions that
+        differ), ``learned_confidence`` (mean top candidate probability at the end of the phase)
+        and ``learned_trajectory`` (the phase's records, at most 40)."""
+        state = torch.load(self.folder.learned_state, weights_only=True)
+        records = read_jsonl(self.folder.learned_log)
+        if len(records) > LOG_STEPS_KEPT:
+            keep = set(np.unique(np.linspace(0, len(records) - 1, LOG_STEPS_KEPT).round().astype(int)).tolist())
+            records = [r for i, r in enumerate(records) if i in keep]
+        return {"learned_prior_distance": state["prior_distance"], "learned_confidence": state["confidence"],
+                "learned_trajectory": records}
+
+
+def learned_masks(folder: RunFolder) -> dict[str, torch.Tensor]:
+    """The argmax masks that :class:`LearnedHooks` saved at the end of the learning phase."""
+    if not folder.learned_state.is_file():
+        raise ValueError(f"{folder.name}: no learned masks in {folder.learned_state} (the learning phase did not run)")
+    return torch.load(folder.learned_state, weights_only=True)["masks"]
 
 
 def magnitude_sample(snapshots: Mapping[str, Mapping[str, torch.Tensor]], masks: Mapping[str, torch.Tensor],

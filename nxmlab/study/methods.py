@@ -20,6 +20,13 @@ tests.
 ``admm``          NxMTransformer: ``num_train_epochs`` (or ``admm_steps`` optimizer steps) of ADMM
                   from the pretrained model (or the dense one with ``admm_init="dense"``), hard
                   prune by projection, then ``retrain_epochs`` with the masks fixed (none when 0).
+``sr-ste``        SR-STE: ``num_train_epochs`` with the n:m-masked forward, prune by projection,
+                  ``retrain_epochs`` with the masks fixed.
+``wanda``,        one-shot masks of the dense model from calibration data, then
+``sparsegpt``     ``num_train_epochs`` with the masks fixed.
+``learned``       MaskLLM: ``learn_epochs`` of Gumbel-softmax masks learned on the dense model
+                  (gates from a one-shot prior), prune to the most likely candidates, then
+                  ``num_train_epochs`` with the masks fixed.
 ================  =======================================================================
 """
 
@@ -32,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..masking import magnitude_nxm_masks, unstructured_masks
-from .hooks import ADMMHooks, SRSTEHooks
+from .hooks import ADMMHooks, LearnedHooks, SRSTEHooks, learned_masks
 
 if TYPE_CHECKING:
     from .config import RunSpec
@@ -54,6 +61,8 @@ class MaskContext:
         calibration: ``calibration() -> [batch]``: ``calibration_examples`` seeded training
             examples of the task as model inputs (no labels), for the rules that need
             activations.
+        folder: The store folder the run writes into (for rules that read what an earlier
+            phase saved, e.g. the learned masks), or ``None``.
     """
 
     spec: RunSpec
@@ -62,6 +71,7 @@ class MaskContext:
     dense: Any | None
     targets: Callable[[Any], Mapping[str, torch.nn.Module]]
     calibration: Callable[[], list] = list
+    folder: Any | None = None
 
     def source(self) -> Any:
         """The model named by the run's ``mask_source`` option (pretrained or dense)."""
@@ -110,6 +120,14 @@ def _sparsegpt(ctx: MaskContext) -> dict[str, torch.Tensor]:
     return sparsegpt_model(ctx.model, ctx.targets(ctx.model), ctx.calibration(), ctx.spec.pattern)
 
 
+def _learned(ctx: MaskContext) -> dict[str, torch.Tensor]:
+    if ctx.folder is None:
+        raise ValueError("the learned mask rule needs the run's folder (where the learning phase saved its masks)")
+    masks = learned_masks(ctx.folder)
+    modules = ctx.targets(ctx.model)
+    return {name: masks[name].to(modules[name].weight.device) for name in modules}
+
+
 def _mask_source_is_dense(spec: RunSpec) -> bool:
     return spec.cfg.mask_source == "dense"
 
@@ -121,6 +139,7 @@ PROJECTION = MaskRule("projection of the current weights", _projection)
 WANDA = MaskRule("Wanda: |W| x input-feature norm over calibration data, layer by layer", _wanda)
 SPARSEGPT = MaskRule("SparseGPT: OBS mask selection and weight update from the calibration Hessian, layer by layer",
                      _sparsegpt)
+LEARNED = MaskRule("learned: the most likely candidate of every group at the end of the learning phase", _learned)
 
 
 @dataclass(frozen=True)
@@ -273,6 +292,13 @@ register(Method("sparsegpt", "SparseGPT (Frantar & Alistarh, 2023): one-shot OBS
                 start=_dense_start, options=("calibration_examples",)))
 register(Method("unstructured", "reference: unstructured magnitude mask at the same density, then masked fine-tuning",
                 (Prune(UNSTRUCTURED), Train("finetune")), start=_dense_start, options=("mask_source",)))
+register(Method("learned", "MaskLLM (Fang et al., 2024): n:m masks learned through Gumbel-softmax over the candidate "
+                           "masks of every group, from a one-shot prior on the dense model, then masked fine-tuning",
+                (Train("learn", "learn_epochs", hooks=LearnedHooks), Prune(LEARNED), Train("finetune")),
+                start=_dense_start,
+                options=("learn_epochs", "mask_prior", "mask_prior_strength", "mask_tau_start", "mask_tau_end",
+                         "mask_scale_start", "mask_scale_end", "mask_lr_mult", "mask_reg", "freeze_weights"),
+                optional=("calibration_examples",)))
 
 
 def get_method(name: str) -> Method:

@@ -285,7 +285,7 @@ class _Run:
             if isinstance(step, Prune):
                 self.evaluate("before_prune", model)
                 masks = step.rule.choose(MaskContext(spec, model, self.pretrained, dense_model, self.targets,
-                                                     self.calibration))
+                                                     self.calibration, self.folder))
                 check_replicated(masks, "masks")  # DDP: every rank prunes the same positions
                 fixed = apply_masks(model, masks)
                 self.evaluate("after_prune", model)
@@ -294,7 +294,8 @@ class _Run:
             if not (step.steps and getattr(spec.cfg, step.steps)) and spec.epochs(step.epochs) == 0:
                 continue  # e.g. retrain_epochs 0: no phase at all
             self.pruned_last = False
-            hooks = step.hooks(spec, self.folder, model, self.targets, self.steps_per_epoch()) if step.hooks else None
+            hooks = (step.hooks(spec, self.folder, model, self.targets, self.steps_per_epoch(),
+                                calibration=self.calibration) if step.hooks else None)
             trained = self.phase(step, model, fixed, teacher, hooks)
             if trained is not model and masks is not None:  # loaded from disk: fix the masks on it
                 fixed.remove()

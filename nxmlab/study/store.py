@@ -25,6 +25,8 @@ file                       where      what
 ``masks.npz``              cache      full final and reference masks, bit-packed
 ``dynamics.jsonl``         cache      the raw ADMM dynamics, appended while training
 ``admm_state.pt``          cache      the ADMM state and W at the end of the ADMM phase
+``learned_state.pt``       cache      learned: the argmax and prior masks at the end of the learning phase
+``learned_log.jsonl``      cache      learned: the learning phase's trajectory (tau, kappa, distance to the prior)
 =========================  =========  ====================================================
 
 Every file is written through :func:`atomic_write` (temporary file, fsync, rename), so
@@ -326,6 +328,14 @@ class RunFolder:
     @property
     def admm_state(self) -> Path:
         return self.cache / "admm_state.pt"
+
+    @property
+    def learned_state(self) -> Path:
+        return self.cache / "learned_state.pt"
+
+    @property
+    def learned_log(self) -> Path:
+        return self.cache / "learned_log.jsonl"
 
     @property
     def z_masks_dir(self) -> Path:
