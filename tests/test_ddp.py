@@ -62,6 +62,8 @@ def test_torchrun_two_ranks_agree_and_match_one_process(tmp_path, glue_dir):
     assert ddp.returncode == 0, out[-3000:]
     assert one.returncode == 0, one.stderr[-3000:]
     assert out.count("rte admm: score") == 1  # rank 0 reports, once
+    assert out.count("DDP on: 2 processes (gloo, CPU), global batch 16") == 1  # said once, by rank 0
+    assert "find_unused_parameters" not in out  # torch's warning: the unused-parameter search is off
 
     rank0, rank1 = (torch.load(tmp_path / "dump2" / f"rank{r}.pt") for r in (0, 1))
     single = torch.load(tmp_path / "dump1" / "rank0.pt")

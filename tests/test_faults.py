@@ -64,6 +64,18 @@ def one_line_error(err: str, full: str, message: str) -> None:
     assert "Traceback" not in full
 
 
+#: A progress bar's line (tqdm: "Tokenizing rte: 100%|###| 8/8 [00:00<00:00, ...]"), not a message.
+PROGRESS_BAR = re.compile(r"\[\d+:\d\d[<,]|^\s*$")
+
+
+def only_line(capsys) -> tuple[str, str]:
+    """``(the one stderr line, stdout)``; fails when stderr holds any other line than progress bars."""
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if not PROGRESS_BAR.search(line)]
+    assert len(lines) == 1, captured.err[-3000:]
+    return lines[0], captured.out
+
+
 def train_args(store: Path, glue: Path, *extra) -> list:
     return ["train", "--task", "rte", *TINY, "--results_dir", store / "results", "--glue_dir", glue, *extra]
 
@@ -148,6 +160,19 @@ CLI_VALUES = {
     "lr-inf": (["--learning_rate", "inf"], "learning_rate must be a finite number, got inf"),
     "weight-decay-negative": (["--weight_decay", "-0.1"], "weight_decay must be >= 0, got -0.1"),
     "beta-one": (["--adam_beta2", "1"], "adam_beta2 must be >= 0 and < 1, got 1.0"),
+    # values Trainer refuses only once training starts, after the run folder exists (issue #31)
+    "seed-negative": (["--seed", "-1"], "seed must be an integer in 0..4294967295 (numpy's seed range), got -1"),
+    "seed-too-large": (["--seed", str(2**32)], "seed must be an integer in 0..4294967295"),
+    "data-seed-negative": (["--data_seed", "-1"], "data_seed must be an integer in 0..4294967295"),
+    "eval-batch-zero": (["--per_device_eval_batch_size", "0"], "per_device_eval_batch_size must be a positive integer"),
+    "max-steps-zero": (["--max_steps", "0"], "max_steps must be a positive integer, or -1"),
+    "save-steps-zero": (["--save_steps", "0"], "save_steps must be > 0"),
+    "workers-negative": (["--dataloader_num_workers", "-1"], "dataloader_num_workers must be >= 0, got -1"),
+    "rho-negative": (["--method", "admm", "--rho", "-1"], "rho must be a finite number > 0"),
+    "limit-zero": (["--train_limit", "0"], "train_limit must be a positive integer, got 0"),
+    "unknown-task": (["--task", "glue"], "unknown GLUE task 'glue'"),
+    "unknown-method": (["--method", "prune"], "unknown method 'prune'"),
+    "malformed-pattern": (["--method", "admm", "--pattern", "4-2"], "malformed NxM pattern '4-2'"),
 }
 
 
@@ -160,6 +185,37 @@ def test_bad_number_on_the_command_line_exits_2_before_any_file(case, store, glu
     one_line_error(err, full, message)
     assert checksums(root) == before and not leftovers(root)
     assert not any("seed7" in p for p in before) and not list((root / "results" / "rte").glob("*seed7*"))
+
+
+def test_a_refused_seed_leaves_the_results_folder_empty(tmp_path, glue_dir, capsys):
+    """Issue #31's case: --seed -1 used to exit 2 only after config.json and a cache lock existed."""
+    results = tmp_path / "D"
+    results.mkdir()
+    code = main([str(a) for a in ["train", "--task", "rte", "--method", "dense", *TINY, "--seed", "-1",
+                                   "--results_dir", results, "--glue_dir", glue_dir]])
+    line, out = only_line(capsys)
+    assert code == 2 and line == "nxmlab: error: seed must be an integer in 0..4294967295 (numpy's seed range), got -1"
+    assert list(tmp_path.iterdir()) == [results] and not list(results.iterdir())  # no run folder, no cache
+
+
+PARSER_ERRORS = {  # errors HfArgumentParser finds: one line and a pointer to --help, no usage dump
+    "lr-text": (["--learning_rate", "abc"], "argument --learning_rate/--learning-rate: invalid float value: 'abc'"),
+    "kd-maybe": (["--kd", "maybe"], "argument --kd: Truthy value expected: got maybe"),
+    "batch-fraction": (["--per_device_train_batch_size", "1.5"], "invalid int value: '1.5'"),
+    "scheduler-choice": (["--lr_scheduler_type", "bogus"], "invalid choice: 'bogus'"),
+    "unknown-option": (["--frobnicate", "3"], "Some specified arguments are not used by the HfArgumentParser"),
+}
+
+
+@pytest.mark.parametrize("case", list(PARSER_ERRORS), ids=list(PARSER_ERRORS))
+def test_a_parser_error_is_one_line_pointing_to_help(case, store, glue_dir, capsys):
+    root, before = store
+    extra, message = PARSER_ERRORS[case]
+    code = main([str(a) for a in train_args(root, glue_dir, "--method", "dense", "--seed", "7", *extra)])
+    line, out = only_line(capsys)
+    assert code == 2 and line.startswith("nxmlab: error: ") and message in line, line
+    assert line.endswith("(see nxmlab train --help)") or "HfArgumentParser" in line
+    assert out == "" and checksums(root) == before and not leftovers(root)
 
 
 def test_text_that_means_false_is_false(tmp_path):
@@ -176,13 +232,17 @@ def test_text_that_means_false_is_false(tmp_path):
 
 
 @pytest.mark.parametrize("value", ["no", "false", "0"])
-def test_notebook_train_parameter_text_means_false(value, tmp_path):
+def test_notebook_train_parameter_text_means_false(value, tmp_path, monkeypatch):
     from nxmlab.study.notebook import run_study
+    from nxmlab.study.verify import EmptyStoreError
 
-    lines: list[str] = []
-    out = run_study("smoke", "table", tmp_path / "results", train=value, log=lines.append)
-    assert out.empty and not (tmp_path / "results").exists()
-    assert sum("not run yet (train=False)" in line for line in lines) == len(lines) - 1
+    def trained(*args, **kwargs):
+        raise AssertionError("trained with train=" + value)
+
+    monkeypatch.setattr("nxmlab.study.recipe.run_experiment", trained)
+    with pytest.raises(EmptyStoreError, match="nothing to show: results folder .* does not exist"):  # refused
+        run_study("smoke", "table", tmp_path / "results", train=value, log=None)
+    assert not (tmp_path / "results").exists()
 
 
 def test_notebook_parameters_that_are_not_values_are_refused(tmp_path):
@@ -225,6 +285,26 @@ def test_bad_labels_are_refused_naming_the_file(case, store, mirror, capsys):
     one_line_error(err, full, f"{path}: ")
     assert message in err
     assert checksums(root) == before and not leftovers(root)
+
+
+def test_a_truncated_parquet_file_is_one_line_without_datasets_noise(store, mirror):
+    """datasets used to log the damaged file twice (ERROR) before nxmlab's own one-line message."""
+    import logging
+
+    from nxmlab.study.data import load_glue
+
+    path = mirror / "rte" / "validation.parquet"
+    _truncate(path)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("datasets").addHandler(handler)
+    try:
+        with pytest.raises(ValueError, match=f"could not read GLUE Parquet file {re.escape(str(path))}"):
+            load_glue("rte", "validation", mirror)
+    finally:
+        logging.getLogger("datasets").removeHandler(handler)
+    assert not [r.getMessage() for r in records if r.levelno >= logging.WARNING]
 
 
 # ------------------------------------------------------- 2. a store that isolates damage
@@ -433,6 +513,97 @@ def test_files_follow_the_process_umask(base, tmp_path):
     assert modes and all(mode == mask for mode in modes.values()), {p: oct(m) for p, m in modes.items() if m != mask}
 
 
+# ------------------------------------------------------------- 2b. no empty success
+TABLE_REFUSALS = {  # where table is pointed, extra options, message (every one exits 2 and names the folder)
+    "empty-folder": (lambda root: root / "empty", [], "nothing to show: no finished run under {where} "
+                     "(expected <results>/<task>/<run>/metrics.json); the repository's results are in {repo}"),
+    "task-folder": (lambda root: root / "results" / "rte", [], "is a task folder; table reads a results folder"),
+    "run-folder": (lambda root: run_of(root, "dense").path, [], "is a run folder; table reads a results folder"),
+    "wrong-path": (lambda root: root / "nowhere", [], "results folder {where} does not exist"),
+    "malformed-pattern": (lambda root: root / "results", ["--pattern", "4-2"], "malformed NxM pattern '4-2'"),
+    "pattern-without-runs": (lambda root: root / "results", ["--pattern", "8:2"],
+                             "--pattern 8:2: no finished run with that pattern under {where}; its patterns: 4:2"),
+    "unknown-model": (lambda root: root / "results", ["--model", "bert-base"],
+                      "--model 'bert-base': no finished run of that model under {where}; its models: tiny"),
+    "blank-model": (lambda root: root / "results", ["--model", " "], "--model must name a model"),
+}
+
+
+@pytest.mark.parametrize("case", list(TABLE_REFUSALS), ids=list(TABLE_REFUSALS))
+def test_table_refuses_what_would_be_an_empty_or_filtered_away_table(case, store, capsys):
+    root, _ = store
+    (root / "empty").mkdir()
+    where, extra, message = TABLE_REFUSALS[case]
+    before = checksums(root)
+    code = main(["table", str(where(root)), *extra])
+    line, out = only_line(capsys)
+    assert code == 2 and out == ""
+    one_line_error(line, out, message.format(where=where(root), repo=REPO / "results"))
+    assert checksums(root) == before and not leftovers(root)
+
+
+def test_table_refuses_a_store_whose_every_run_is_damaged(store, capsys):
+    root, _ = store
+    for label in ("dense", "admm"):
+        _truncate(run_of(root, label).file(RunFolder.METRICS))
+    code = main(["table", str(root / "results")])
+    line, out = only_line(capsys)
+    assert code == 2 and out == "" and "none of the finished runs under" in line and "not valid JSON" in line
+
+
+def test_reproduce_without_training_refuses_an_empty_store(tmp_path, capsys):
+    empty = tmp_path / "results"
+    empty.mkdir()
+    code = main(["reproduce", "--preset", "smoke", "--no-train", "--results-dir", str(empty),
+                 "--figures-dir", str(tmp_path / "figures"), "--output-dir", str(tmp_path / "nb")])
+    line, out = only_line(capsys)
+    assert code == 2 and out == ""
+    one_line_error(line, out, f"nothing to show: no finished run under {empty} (expected <results>/<task>/<run>/"
+                              f"metrics.json); the repository's results are in {REPO / 'results'}; run without "
+                              f"--no-train (train=False) to train the preset's runs")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"] and not list(empty.iterdir())
+
+
+def test_reproduce_defaults_to_the_repositorys_folders_from_any_directory(tmp_path):
+    """`cd /tmp && nxmlab reproduce --preset quick --no-train` draws from the repository's results/."""
+    proc = subprocess.run([sys.executable, "-m", "nxmlab", "reproduce", "--preset", "quick", "--no-train", "--dry-run"],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"results: {REPO / 'results'}" in proc.stdout and "train=False" in proc.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing written where it was started
+
+
+@pytest.mark.parametrize("call", ["run_study", "setup"])
+def test_notebooks_without_training_refuse_an_empty_store(call, tmp_path, capsys):
+    from nxmlab.study import notebook
+    from nxmlab.study.verify import EmptyStoreError
+
+    results = tmp_path / "results"
+    results.mkdir()
+    message = (f"nothing to show: no finished run under {results} .*the repository's results are in "
+               f"{re.escape(str(REPO / 'results'))}; set results_dir = None for them, or train = True")
+    with pytest.raises(EmptyStoreError, match=message):
+        if call == "run_study":
+            notebook.run_study("smoke", "table", results, train=False, log=None)
+        else:
+            notebook.setup("smoke", results, tmp_path / "figures", train=False)
+    assert list(tmp_path.iterdir()) == [results] and not list(results.iterdir())
+
+
+def test_ci_stops_in_one_line_without_the_glue_mirror(tmp_path):
+    clone = tmp_path / "clone"
+    (clone / ".ci").mkdir(parents=True)
+    shutil.copy(REPO / ".ci" / "run", clone / ".ci" / "run")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    proc = subprocess.run(["bash", str(clone / ".ci" / "run")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        ".ci/run: error: the GLUE mirror ../shared/glue is missing (expected beside this clone: "
+        "../shared/glue/<task>/<split>.parquet)"]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 # ---------------------------------------------------------- 3. a verify that proves something
 def _flip_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
@@ -572,7 +743,17 @@ FAULTS = {  # the file whose write fails, the error, message
                   "disk full (no space left on device) writing predictions.parquet: free some space and run the "
                   "same command again"),
     "read-only": ("config.json", lambda p: OSError(errno.EROFS, "Read-only file system", p),
-                  "cannot write config.json: read-only file system"),
+                  "cannot write config.json: read-only file system; choose a writable folder"),
+    "quota": ("predictions.parquet", lambda p: OSError(errno.EDQUOT, "Disk quota exceeded", p),
+              "disk quota exceeded writing predictions.parquet: free some space (or raise the quota) and run the "
+              "same command again"),
+    "permission-denied": ("state.json", lambda p: OSError(errno.EACCES, "Permission denied", p),
+                          "cannot write state.json: permission denied; fix its permissions or choose a folder you "
+                          "may write"),
+    # a write that fails (not an open) carries no file name: the path comes from the writer's frame
+    "file-too-large": ("metrics.json", lambda p: OSError(errno.EFBIG, "File too large"),
+                       "file too large for the file system (or for `ulimit -f`) writing {run}/metrics.json: write "
+                       "the results and their cache to a file system that allows larger files"),
 }
 
 
@@ -584,12 +765,16 @@ def test_system_faults_are_one_line_and_nothing_is_lost(case, store, glue_dir, c
     name, error, message = FAULTS[case]
     monkeypatch.setattr(store_module, "atomic_write", _fail_writing(name, error(name)))
     args = train_args(root, glue_dir, "--method", "dense", "--seed", "3")
-    code, err, full = cli(args, capsys)
+    code = main([str(a) for a in args])
+    line, out = only_line(capsys)
     assert code == 1
-    one_line_error(err, full, message)
+    runs = list((root / "results" / "rte").glob("dense-tiny-seed3-*"))  # none when config.json was refused
+    one_line_error(line, out, message.format(run=runs[0] if runs else None))
+    assert line.endswith("run the same command again (finished phases and complete checkpoints are kept; "
+                         "the run resumes)")
     assert {k: v for k, v in checksums(root).items() if k in before} == before and not leftovers(root)
-    if case == "disk-full":  # failed at the end: the same command again reuses the finished phase
-        (path,) = (root / "results" / "rte").glob("dense-tiny-seed3-*")
+    if case in ("disk-full", "file-too-large"):  # failed at the end: the same command again reuses the phase
+        (path,) = runs
         phases = read_json(path / RunFolder.STATE)["phases"]
         monkeypatch.undo()
         code, _, full = cli(args, capsys)
@@ -606,8 +791,10 @@ def test_torch_failing_to_write_a_checkpoint_is_one_line(store, glue_dir, capsys
     monkeypatch.setattr(torch, "save", full_disk)
     code, err, full = cli(train_args(root, glue_dir, "--method", "dense", "--seed", "4", *CHECKPOINT_EVERY_STEP), capsys)
     assert code == 1
-    one_line_error(err, full, "torch could not write a file ([enforce fail at inline_container.cc:672] . unexpected "
-                              "pos 576 vs 534); the disk may be full")
+    (path,) = (root / "results" / "rte").glob("dense-tiny-seed4-*")
+    checkpoint = root / ".nxmlab-cache" / "results" / "rte" / path.name / "checkpoints" / "finetune" / "checkpoint-1"
+    one_line_error(err, full, f"torch could not write {checkpoint}/")  # the file torch.save was writing
+    assert "([enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534); the disk may be full" in err
     assert {k: v for k, v in checksums(root).items() if k in before} == before and not leftovers(root)
 
 
@@ -638,13 +825,135 @@ def test_a_corrupt_model_folder_is_named(what, store, glue_dir, tmp_path, capsys
     (OSError(errno.ENOSPC, "No space left on device", "/r/x"), "disk full (no space left on device) writing /r/x"),
     (OSError(errno.EROFS, "Read-only file system", "/r"), "cannot write /r: read-only file system"),
     (RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"), "disk full"),
+    (RuntimeError("Error while serializing: I/O error: File too large (os error 27)"), "file too large"),
+    (OSError(errno.EDQUOT, "Disk quota exceeded", "/r/q"), "disk quota exceeded writing /r/q"),
+    (OSError(errno.EACCES, "Permission denied", "/r/p"), "cannot write /r/p: permission denied"),
+    (OSError(errno.EIO, "Input/output error", "/r/i"), "input/output error writing /r/i"),
     (ValueError("a plain bad value"), None),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "/glue/rte/train.parquet"), None),
 ])
 def test_system_faults_are_told_apart(error, message):
     from nxmlab.study.cli import system_fault
 
     found = system_fault(error)
     assert (found is None) if message is None else message in found
+
+
+def _limit_file_size(limit: int):
+    def apply():  # in the child: writes past `limit` bytes fail with EFBIG (SIGXFSZ ignored)
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return apply
+
+
+def test_a_checkpoint_too_large_for_the_file_system_is_one_line_and_resumes(store, glue_dir, capsys):
+    """A real EFBIG (`ulimit -f`): the checkpoint's model.safetensors (8 MB) cannot be written.
+    It used to end in a traceback; the same command without the limit then finishes the run."""
+    root, before = store
+    args = [str(a) for a in train_args(root, glue_dir, "--method", "dense", "--seed", "5", *CHECKPOINT_EVERY_STEP)]
+    proc = subprocess.run([sys.executable, "-m", "nxmlab", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=_limit_file_size(4_000_000),
+                          timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (path,) = (root / "results" / "rte").glob("dense-tiny-seed5-*")
+    checkpoint = root / ".nxmlab-cache" / "results" / "rte" / path.name / "checkpoints" / "finetune" / "checkpoint-1"
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr and "nxmlab: error:" not in proc.stderr.strip().rsplit("\n", 1)[0]
+    assert last == (f"nxmlab: error: file too large for the file system (or for `ulimit -f`) writing "
+                    f"{checkpoint / 'model.safetensors'}: write the results and their cache to a file system that "
+                    f"allows larger files (--results_dir, $NXMLAB_CACHE_DIR) or raise the limit, then run the same "
+                    f"command again (finished phases and complete checkpoints are kept; the run resumes)")
+    assert {k: v for k, v in checksums(root).items() if k in before} == before and not leftovers(root)
+    code, _, full = cli(args, capsys)  # the same command, without the limit: the run resumes and finishes
+    assert code == 0, full[-2000:]
+    assert main(["verify", str(root / "results")]) == 0
+
+
+# ------------------------------------------------------- 5b. compressed data and exported folders
+@pytest.fixture(scope="module")
+def exported(base, tmp_path_factory):
+    """The base store's ADMM run exported in both forms (module-wide, never modified)."""
+    root = tmp_path_factory.mktemp("exported")
+    run = run_of(base, "admm")
+    for form in ("dense", "compressed"):
+        assert main(["export", str(run.path), "--out", str(root / form), "--format", form]) == 0
+    return root
+
+
+def _damage_bitmask(folder: Path) -> str:
+    """Keep all 4 positions of the first group of a 4:2 target's bitmask; returns the target."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from nxmlab.export import COMPRESSED_WEIGHTS
+
+    path = folder / COMPRESSED_WEIGHTS
+    with safe_open(str(path), "pt") as fh:
+        metadata = fh.metadata()
+    tensors = load_file(path)
+    key = sorted(k for k in tensors if k.endswith(".bitmask"))[0]
+    tensors[key][0, 0] |= 0x0F
+    save_file(tensors, path, metadata=metadata)
+    return key.removesuffix(".bitmask")
+
+
+def _write(path: Path, text: str, message: str) -> str:
+    path.write_text(text)
+    return message
+
+
+EXPORT_DAMAGE = {  # form, damage (returns the message), exit status 1 with one line naming the file
+    "config-not-json": ("dense", lambda f: _write(f / "config.json", "{", f"{f / 'config.json'}: not valid JSON")),
+    "config-no-metadata": ("dense", lambda f: _write(f / "config.json", '{"model_type": "bert"}\n',
+                                                     f"{f / 'config.json'} has no nxm_sparsity metadata")),
+    "metadata-no-pattern": ("dense", lambda f: _write(f / "config.json", (f / "config.json").read_text().replace(
+        '"n": 4', '"n": 1'), f"{f / 'config.json'}: the nxm_sparsity metadata has no valid pattern")),
+    "dense-weights-truncated": ("dense", lambda f: _truncate(f / "model.safetensors")
+                                or f"{f / 'model.safetensors'}: cannot be loaded (damaged or incomplete: "),
+    "compressed-weights-truncated": ("compressed", lambda f: _truncate(f / "model.nxm-compressed.safetensors")
+                                     or f"{f / 'model.nxm-compressed.safetensors'}: cannot be loaded"),
+    "bitmask-not-nm": ("compressed", lambda f: f"model.nxm-compressed.safetensors: {_damage_bitmask(f)}.bitmask: "
+                       "group 0 of row 0 keeps 4 of 4, not 2 (4:2 (keep 2 of every 4))"),
+}
+
+
+@pytest.mark.parametrize("case", list(EXPORT_DAMAGE), ids=list(EXPORT_DAMAGE))
+def test_verify_export_names_an_unreadable_file_in_one_line(case, exported, tmp_path, capsys):
+    form, damage = EXPORT_DAMAGE[case]
+    folder = tmp_path / form
+    shutil.copytree(exported / form, folder)
+    message = damage(folder)
+    before = checksums(folder)
+    code = main(["verify-export", str(folder)])
+    line, out = only_line(capsys)
+    assert code == 1 and out == ""
+    one_line_error(line, out, message)
+    assert checksums(folder) == before and sorted(p.name for p in tmp_path.iterdir()) == [form]
+
+
+def test_load_sparse_and_decompress_state_dict_refuse_corrupted_indices(exported, tmp_path):
+    from nxmlab.export import compressed_state_dict, decompress_state_dict, load_sparse
+    from nxmlab.targets import select_targets
+
+    folder = tmp_path / "compressed"
+    shutil.copytree(exported / "compressed", folder)
+    target = _damage_bitmask(folder)
+    with pytest.raises(ValueError, match=f"{re.escape(target)}.bitmask: group 0 of row 0 keeps 4 of 4"):
+        load_sparse(folder)
+    model = load_sparse(exported / "compressed")
+    state = compressed_state_dict(model, select_targets(model), "4:2")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in decompress_state_dict(state, "4:2").items())
+    key = f"{target}.weight_indices"
+    state[key] = state[key].clone()
+    state[key][0, 1] = state[key][0, 0]  # a position repeated inside a group
+    with pytest.raises(ValueError, match=f"{re.escape(target)}.weight: the 2 indices of a group must be distinct"):
+        decompress_state_dict(state, "4:2")
+    state[key][0, 1] = 7  # no position 7 in a group of 4
+    with pytest.raises(ValueError, match=f"{re.escape(target)}.weight: indices must be positions 0..3"):
+        decompress_state_dict(state, "4:2")
 
 
 # ------------------------------------------------------------------- 6. API type checks
@@ -689,6 +998,86 @@ def test_a_zero_one_float_mask_is_a_mask():
     apply_masks(model, {"0": mask})
     weight = model[0].weight.detach()
     assert bool((weight[mask == 0] == 0).all()) and bool((weight[mask == 1] != 0).all())
+
+
+def _public_api_calls() -> dict:
+    """One call per public callable of the method layer, with a non-module or non-tensor where
+    it expects a module or a tensor."""
+    import nxmlab
+
+    array = np.ones((4, 8), np.float32)
+    linear = torch.nn.Linear(8, 8)
+    model = torch.nn.Sequential(linear)
+    return {
+        "ADMM": lambda: nxmlab.ADMM(array, None, "4:2"),
+        "FixedMasks": lambda: nxmlab.FixedMasks(array, {}),
+        "NxM": lambda: nxmlab.NxM(4, 2).check(array),
+        "apply_masks": lambda: nxmlab.apply_masks(model, {"0": array}),
+        "compress": lambda: nxmlab.compress(array, "4:2"),
+        "decompress": lambda: nxmlab.decompress(array, torch.zeros(4, 4, dtype=torch.uint8), "4:2"),
+        "describe_target": lambda: nxmlab.describe_target(linear),
+        "distillation_loss": lambda: nxmlab.distillation_loss(array, array, None),
+        "is_nxm": lambda: nxmlab.is_nxm(array, "4:2"),
+        "magnitude_nxm_masks": lambda: nxmlab.magnitude_nxm_masks({"0": array}, "4:2"),
+        "nxm_mask": lambda: nxmlab.nxm_mask(array, "4:2"),
+        "project": lambda: nxmlab.project(array.tolist(), "4:2"),
+        "select_targets": lambda: nxmlab.select_targets(array),
+        "unstructured_masks": lambda: nxmlab.unstructured_masks({"0": linear.weight}, 0.5),  # a tensor, not a module
+    }
+
+
+#: Public names that take no module or tensor.
+NO_MODULE_OR_TENSOR = {"ADMMDiagnostics": "a record of floats", "COMPONENTS": "a tuple of component names"}
+
+
+def test_the_api_table_covers_every_public_name():
+    import nxmlab
+
+    assert set(nxmlab.__all__) == set(_public_api_calls()) | set(NO_MODULE_OR_TENSOR)
+
+
+@pytest.mark.parametrize("name", sorted(set(__import__("nxmlab").__all__) - set(NO_MODULE_OR_TENSOR)))
+def test_every_public_function_refuses_a_non_module_or_non_tensor(name):
+    with pytest.raises(TypeError, match=r"expected a (torch\.Tensor|torch\.nn\.Module|module name|mapping)"):
+        _public_api_calls()[name]()
+
+
+# ------------------------------------------------------------------------- 8. progress
+def test_export_rebuild_shows_its_progress(store, tmp_path, capsys):
+    """`nxmlab export --rebuild` used to train with tqdm off and say nothing until it finished;
+    stdout is not a terminal here, so it prints one line per few steps of every phase."""
+    root, _ = store
+    admm = run_of(root, "admm")
+    shutil.rmtree(admm.model_dir)  # a fresh clone's state: the record without the weights
+    record = {k: v for k, v in checksums(root).items() if k.startswith("results/")}
+    code = main(["export", str(admm.path), "--out", str(tmp_path / "hf"), "--rebuild"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-2000:]
+    steps = [line for line in out.splitlines() if re.match(r"\[(admm|retrain)\] step \d+/\d+ \(\d+%\)", line)]
+    assert "[admm] step 3/3 (100%)" in [line.split(",")[0] for line in steps], out  # (a loss once one is logged)
+    assert any(line.startswith("[retrain] step") for line in steps) and "rebuilt rte/admm-4x2" in out
+    assert {k: v for k, v in checksums(root).items() if k.startswith("results/")} == record
+
+
+def test_progress_lines_every_n_steps():
+    from types import SimpleNamespace
+
+    from nxmlab.study.progress import ProgressLines
+
+    lines: list[str] = []
+    progress = ProgressLines(every=4, write=lines.append)
+    args = SimpleNamespace(output_dir="/x/checkpoints/admm")
+    state = SimpleNamespace(global_step=0, max_steps=10, is_world_process_zero=True)
+    progress.on_train_begin(args, state, None)
+    for step in range(1, 11):
+        state.global_step = step
+        progress.on_log(args, state, None, logs={"loss": 1.0 / step})
+        progress.on_step_end(args, state, None)
+    assert [line.split(",")[0] for line in lines] == ["[admm] step 4/10 (40%)", "[admm] step 8/10 (80%)",
+                                                      "[admm] step 10/10 (100%)"]
+    assert "loss 0.2500" in lines[0] and "left" in lines[0] and "left" not in lines[-1]
+    with pytest.raises(ValueError, match="every must be a positive integer"):
+        ProgressLines(every=0)
 
 
 # ----------------------------------------------------------------------- 7. figures
