@@ -83,6 +83,19 @@ def test_admm_overhead_json(quick_results):
 
 
 @pytest.mark.slow
+def test_learned_overhead_json(quick_results):
+    data = _load(quick_results, "learned_overhead")
+    assert data["config"]["model"] == "tiny" and data["config"]["candidates"] == 6
+    for name in ("fixed", "learned", "joint"):
+        assert data["seconds"][name]["n"] == data["config"]["steps"]
+    assert all(_is_ratio(r["median"]) for r in data["ratios"].values())
+    trainable = data["config"]["trainable_parameters"]
+    assert trainable["learned"] < trainable["fixed"] < trainable["joint"]  # frozen: only the gates train
+    assert data["memory"]["gates_vs_targets"] == pytest.approx(1.5)  # C(4, 2) / 4 gates per weight
+    assert len(data["targets"]) == 2
+
+
+@pytest.mark.slow
 def test_study_cost_json(quick_results):
     data = _load(quick_results, "study_cost")
     assert set(data["projections"]) == {"quick", "cpu", "paper"}
