@@ -68,6 +68,14 @@ def test_projection_json(quick_results):
         assert res["mask_agreement_with_nxmlab"]["kernel"] == 1.0
         assert 0.5 < res["mask_agreement_with_nxmlab"]["asp"] <= 1.0
         assert f"{spec} kernel / floor" in data["targets"]
+    # issue #30: the 4:2 kernel / floor at 1 and 2 threads, in the same process and JSON
+    sweep = data["threads"]["4:2"]
+    assert set(sweep) == {"1", "2"}
+    for count, res in sweep.items():
+        assert res["threads"] == int(count) and _is_ratio(res["kernel_vs_floor"]["median"])
+        assert res["seconds"]["kernel"]["n"] == data["config"]["thread_rounds"]
+    assert {"4:2 kernel / floor at 1 thread", "4:2 kernel / floor at 2 threads"} <= set(data["targets"])
+    assert data["machine"]["torch_threads"] == 1  # the sweep restores the thread count
 
 
 @pytest.mark.slow

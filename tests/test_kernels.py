@@ -80,6 +80,36 @@ def test_compiled_bit_identical(compiled, n, m, dtype):
         _assert_identical(compiled(weight, n, m), weight, n, m)
 
 
+@pytest.mark.parametrize("dtype,n,m", [(torch.float16, 4, 2), (torch.float64, 4, 2), (torch.float32, 2, 1)],
+                         ids=str)
+def test_compiled_other_chunk_layouts(compiled, dtype, n, m):
+    """fp16 (4 elements per 64-bit chunk), fp64 (one), fp32 2:1 (a group is one chunk)."""
+    for weight in _weights(dtype).values():
+        _assert_identical(compiled(weight, n, m), weight, n, m)
+    weight = _weights(dtype)["random"]
+    weight[7, 9] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        compiled(weight, n, m)
+
+
+def test_compiled_direct_calls_match_and_follow_the_thread_count(compiled):
+    """After the first call the compiled graph is called directly, per thread count."""
+    weight = _weights(torch.float32)["ties"]
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for _ in range(2):  # the second call is a direct one
+                _assert_identical(compiled(weight, 4, 2), weight, 4, 2)
+            assert any(key[:5] == (4, 2, torch.float32, True, threads) for key in kernels._direct)
+    finally:
+        torch.set_num_threads(before)
+    bad = weight.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        compiled(bad, 4, 2)
+
+
 def test_compiled_other_shape_and_non_contiguous(compiled):
     weight = torch.randn(64, 40).t()  # [40, 64], not contiguous: reshaped like nxm_mask does
     _assert_identical(compiled(weight, 4, 2), weight, 4, 2)
