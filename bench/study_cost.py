@@ -217,7 +217,10 @@ def store_records(results_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def _phases_kinds(label: str) -> list[tuple[str, str]]:
-    return [(ph, kind) for ph, kind, _ in _phases(label, {"num_train_epochs": 1.0, "retrain_epochs": 1.0})]
+    from nxmlab.study.methods import parse_label
+
+    lengths = {step.epochs: 1.0 for step in parse_label(label)[0].phases}  # only the kinds are read
+    return [(ph, kind) for ph, kind, _ in _phases(label, lengths)]
 
 
 # ========================================================================= measurement

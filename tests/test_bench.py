@@ -214,7 +214,7 @@ def test_live_projection_costs_the_preset_from_the_committed_store():
     assert proj["remaining_seconds"] == pytest.approx(unfinished) and proj["total_seconds"] > 0
     cost = json.loads((results.parent / "bench" / "results" / "study_cost.json").read_text())
     cpu = live_projection("cpu", results, ["table"], cost)
-    assert len(cpu["runs"]) == 96 and not cpu["missing"]  # CoLA from make bench x the store/bench ratio
+    assert len(cpu["runs"]) == 120 and not cpu["missing"]  # CoLA from make bench x the store/bench ratio
     assert 2 * 3600 < cpu["total_seconds"] < 20 * 3600
 
 

@@ -136,7 +136,7 @@ def test_table_csv_is_the_score_frame(tmp_path, capsys):
     _write_run(tmp_path, "a", 1, 1.0, 0.50)
     assert main(["table", str(tmp_path), "--csv"]) == 0
     frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
-    assert list(frame.columns) == SCORE_COLUMNS
+    assert list(frame.columns) == [*SCORE_COLUMNS, "studies", "row"]  # and the studies that list each run
     assert frame.loc[0, "run"] == "rte/a" and frame.loc[0, "score"] == 50.0
     assert {"task", "method", "kd", "pattern", "seed", "score", "rel_dist_at_prune", "flips_last_update",
             "mask_dist_pretrained_magnitude"} <= set(frame.columns)

@@ -156,10 +156,12 @@ def weighted_scores(task: str, predictions: np.ndarray, gold: np.ndarray, weight
 
 
 # --------------------------------------------------------------------------- data
-def gold_labels(task: str, glue_dir: str | None = None) -> pd.Series:
-    """Gold validation labels of ``task`` indexed by GLUE ``idx`` (the mirror, else the Hub)."""
+def gold_labels(task: str, glue_dir: str | None = None, split: str | None = None) -> pd.Series:
+    """Gold labels of ``task`` indexed by GLUE ``idx`` (the mirror, else the Hub): of its
+    (first) validation split, or of ``split`` (e.g. ``"train"`` for a selection run's
+    held-out examples)."""
     spec = get_task(task)
-    split = spec.eval_splits[0]
+    split = split or spec.eval_splits[0]
     raw = load_glue(spec.name, split, glue_dir)
     return pd.Series(np.asarray(raw["label"]), index=pd.Index(np.asarray(raw["idx"]), name="idx"), name="label")
 

@@ -239,9 +239,11 @@ def _rescore_problem(folder: RunFolder, metrics: dict, gold: Callable[[str], Any
         pred = load_predictions(folder.path.parent, folder.name)
     except Exception as exc:  # noqa: BLE001 - any unreadable frame is reported by _check_frames
         return f"{RunFolder.PREDICTIONS}: cannot rescore: {exc}"
-    labels = gold(metrics["task"])
+    heldout = (folder.config() or {}).get("heldout") is not None  # a selection run: scored on training examples
+    labels = gold(metrics["task"], "train" if heldout else None)
     if not pred.index.isin(labels.index).all():
-        return f"{RunFolder.PREDICTIONS}: idx values that are not GLUE {metrics['task']} validation examples"
+        where = "training" if heldout else "validation"
+        return f"{RunFolder.PREDICTIONS}: idx values that are not GLUE {metrics['task']} {where} examples"
     score = glue_metrics(metrics["task"], pred.to_numpy(), labels.reindex(pred.index).to_numpy())["score"]
     if not math.isclose(score, metrics["score"], rel_tol=0.0, abs_tol=1e-6):
         return (f"{RunFolder.PREDICTIONS}: rescored {score:.6f} from the predictions and the GLUE labels, "
@@ -255,8 +257,10 @@ def verify_run(folder: RunFolder, cache: bool = True, gold: Callable[[str], Any]
     Args:
         folder: The run.
         cache: Also check its cache folder (weights, full masks, ADMM state), when present.
-        gold: ``task -> validation labels`` (a Series by GLUE ``idx``, as
-            :func:`nxmlab.study.stats.gold_labels`): also rescore the run from its predictions.
+        gold: ``(task, split) -> labels`` (a Series by GLUE ``idx``, as
+            :func:`nxmlab.study.stats.gold_labels`; ``split`` None is the validation set,
+            ``"train"`` the training set a selection run's held-out examples come from): also
+            rescore the run from its predictions.
     """
     check = RunCheck(folder.rel, False)
     problems = check.problems
@@ -408,5 +412,5 @@ def verify_results(results_dir: str | os.PathLike[str], cache: bool = True, resc
 
         from .stats import gold_labels
 
-        gold = memo(lambda task: gold_labels(task, glue_dir))
+        gold = memo(lambda task, split=None: gold_labels(task, glue_dir, split))
     return [verify_run(folder, cache, gold) for folder in iter_runs(root)]
