@@ -63,7 +63,7 @@ def _runs_of(preset, studies: Iterable[str]) -> list[tuple[str, str, int, float 
     ``rho`` is filled in for ADMM runs, ``lengths`` maps each phase-length field
     (``num_train_epochs``, ``retrain_epochs``) to its epochs in that run.
     """
-    from nxmlab.study.presets import preset_runs
+    from nxmlab.study.runs import preset_runs
 
     out = []
     for spec in preset_runs(preset, list(studies)):
@@ -595,7 +595,7 @@ def live_projection(preset, results_dir: str | os.PathLike[str], studies: Iterab
                     cost: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """:func:`project_preset_seconds` of ``studies`` on :func:`store_step_table`'s step times,
     counting the runs already finished in ``results_dir`` as done."""
-    from nxmlab.study.presets import preset_runs
+    from nxmlab.study.runs import preset_runs
 
     table_, source = store_step_table(preset, results_dir, cost)
     out = project_preset_seconds(preset, table_, studies=studies)

@@ -33,7 +33,7 @@ TUNING_TASK_ORDER = {"mrpc": 0, "stsb": 1, "cola": 2, "rte": 3}
 
 def queue(items: list[str], results_dir: str) -> list:
     """The unfinished runs of ``items`` (``PRESET:STUDY[,STUDY]``), deduplicated, in order."""
-    from nxmlab.study.presets import preset_runs
+    from nxmlab.study.runs import preset_runs
 
     runs, seen = [], set()
     for item in items:

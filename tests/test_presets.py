@@ -359,7 +359,12 @@ def test_pattern_sweep_shares_the_4x2_runs_and_keeps_the_budget():
 
 def test_reproduce_no_train_says_so_in_the_plan(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["reproduce", "--preset", "smoke", "--dry-run", "--no-train", "--results-dir", str(tmp_path / "r")]) == 0
+    # an empty store with --no-train is refused, even for a dry run: nothing to analyse (issue #31)
+    assert main(["reproduce", "--preset", "smoke", "--dry-run", "--no-train", "--results-dir", str(tmp_path / "r")]) == 2
+    assert "nothing to show: results folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    results = Path(__file__).resolve().parents[1] / "results"  # the committed store: the plan says so
+    assert main(["reproduce", "--preset", "quick", "--dry-run", "--no-train", "--results-dir", str(results)]) == 0
     assert "train=False: the notebooks only analyse finished runs; nothing is trained" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
 

@@ -131,7 +131,7 @@ def _table(ns: argparse.Namespace) -> int:
                              f"its patterns: {', '.join(patterns) or 'none (dense runs only)'}")
         df = df[(df["pattern"] == pattern) | df["pattern"].isna()]
     if ns.csv:  # every run, with the studies that list it and its split (heldout: a selection run)
-        from .presets import membership
+        from .runs import membership
 
         where = membership(str(root), set(df["model"]))
         df = df.assign(studies=[";".join(where.get(r, ([], None))[0]) for r in df["run"]],

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .presets import Preset, get_preset, make_run
+from .presets import Preset, get_preset
+from .runs import make_run
 from .store import RunFolder, load_masks, read_jsonl
 
 __all__ = ["updates_of", "prune_table", "PRUNE_COLUMNS", "convergence_runs", "load_convergence", "load_updates", "choose_default", "DEFAULT_RULE", "backfill_loss_free"]
@@ -40,7 +41,7 @@ DEFAULT_RULE = (
 def convergence_runs(preset: str | Preset, results_dir: str | os.PathLike[str] = "results") -> pd.DataFrame:
     """``task, variant, label, seed, run, finished``: every run of the preset's convergence grid."""
     preset = get_preset(preset)
-    from .presets import study_keys
+    from .runs import study_keys
 
     rows = []
     for task, label, seed, _rho, variant in study_keys(preset, "convergence"):

@@ -34,7 +34,8 @@ import pandas as pd
 
 from .catalog import repo_root, resolve_dir
 from .frames import load_scores
-from .presets import Preset, preset_runs, resolve_preset, row_labels
+from .presets import Preset, resolve_preset
+from .runs import preset_runs, row_labels
 from .store import DamagedFileError
 
 __all__ = ["Setup", "setup", "describe_preset", "run_study", "repo_root", "resolve_dir", "as_train"]

@@ -52,6 +52,7 @@ from .store import (
     RunFolder,
     StoreVersionError,
     config_hash,
+    check_writable,
     follow_umask,
     save_masks,
 )
@@ -393,17 +394,6 @@ def _damaged(exc: DamagedFileError) -> ValueError:
                       "is finished), or move its folder away")
 
 
-def _check_writable(folder: Path) -> None:
-    """Raise ``ValueError`` unless ``folder`` exists writable or can be created."""
-    import os
-
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write to results folder {folder} ({probe} is not a writable folder)")
-
-
 def run_experiment(cfg: RunConfig | RunSpec, args: NxMTrainingArguments | None = None,
                    callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
     """Train one method on one GLUE task, record everything, and return ``metrics.json``.
@@ -430,7 +420,7 @@ def run_experiment(cfg: RunConfig | RunSpec, args: NxMTrainingArguments | None =
     folder = spec.folder()
 
     def reusable() -> dict[str, Any] | None:  # rank 0 reads the store; the other ranks get its answer
-        _check_writable(Path(spec.cfg.results_dir))
+        check_writable(Path(spec.cfg.results_dir))
         if spec.cfg.overwrite:
             return None
         try:

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import NOTEBOOKS, resolve_dir
-from .presets import Preset, preset_runs, resolve_preset
+from .presets import Preset, resolve_preset
+from .runs import preset_runs
 from .store import read_json
 
 __all__ = ["NOTEBOOKS", "NOTEBOOK_STUDIES", "notebook_dir", "plan", "format_plan", "venv_kernel",

@@ -27,7 +27,8 @@ from typing import Any
 
 import pandas as pd
 
-from .presets import Preset, get_preset, make_run, study_keys
+from .presets import Preset, get_preset
+from .runs import make_run, study_keys
 from .store import DamagedFileError
 
 __all__ = ["FREE_FLIPS", "RULE", "load_selection", "choose", "recorded"]

@@ -57,6 +57,7 @@ __all__ = [
     "STORE_VERSION",
     "CACHE_ENV",
     "RunFolder",
+    "check_writable",
     "StoreVersionError",
     "DamagedFileError",
     "atomic_write",
@@ -261,6 +262,11 @@ def cache_root(results_dir: str | os.PathLike[str]) -> Path:
     return (Path(base) if base else results.parent / ".nxmlab-cache") / results.name
 
 
+def _in_cache(name: str) -> property:
+    """A :class:`RunFolder` property: the path of ``name`` in the run's cache folder."""
+    return property(lambda self: self.cache / name, doc=f"``<cache>/{name}``")
+
+
 class RunFolder:
     """The files of one run: ``path`` (committed) and ``cache`` (large, ignored).
 
@@ -307,44 +313,21 @@ class RunFolder:
         return self.path / name
 
     # --- cache paths ---------------------------------------------------------------
-    @property
-    def model_dir(self) -> Path:
-        return self.cache / "model"
+    # (the cache files, named once here: see the table in the module docstring)
+    model_dir = _in_cache("model")
+    masks_file = _in_cache("masks.npz")
+    raw_dynamics = _in_cache("dynamics.jsonl")
+    admm_state = _in_cache("admm_state.pt")
+    learned_state = _in_cache("learned_state.pt")
+    learned_log = _in_cache("learned_log.jsonl")
+    z_masks_dir = _in_cache("z_masks")  # the packed Z masks, one ``step-<k>.npz`` per Z/U update
+    mid_weights = _in_cache("weights_admm_mid.safetensors")
 
     def phase_dir(self, phase: str) -> Path:
         return self.cache / "phases" / phase
 
     def checkpoint_dir(self, phase: str) -> Path:
         return self.cache / "checkpoints" / phase
-
-    @property
-    def masks_file(self) -> Path:
-        return self.cache / "masks.npz"
-
-    @property
-    def raw_dynamics(self) -> Path:
-        return self.cache / "dynamics.jsonl"
-
-    @property
-    def admm_state(self) -> Path:
-        return self.cache / "admm_state.pt"
-
-    @property
-    def learned_state(self) -> Path:
-        return self.cache / "learned_state.pt"
-
-    @property
-    def learned_log(self) -> Path:
-        return self.cache / "learned_log.jsonl"
-
-    @property
-    def z_masks_dir(self) -> Path:
-        """Cache folder of the packed Z masks, one ``step-<k>.npz`` per Z/U update."""
-        return self.cache / "z_masks"
-
-    @property
-    def mid_weights(self) -> Path:
-        return self.cache / "weights_admm_mid.safetensors"
 
     # --- reading ----------------------------------------------------------------------
     def config(self) -> dict[str, Any] | None:
@@ -525,3 +508,12 @@ def metrics_problem(metrics: Mapping[str, Any]) -> str | None:
     if "final" not in metrics["eval"]:
         return "no final evaluation"
     return None
+
+
+def check_writable(folder: Path) -> None:
+    """Raise ``ValueError`` unless ``folder`` exists writable or can be created."""
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write to results folder {folder} ({probe} is not a writable folder)")

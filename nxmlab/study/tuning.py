@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .presets import Preset, get_preset, make_run, study_keys
+from .presets import Preset, get_preset
+from .runs import make_run, study_keys
 
 __all__ = ["TUNING_RULE", "load_tuning", "choose_dense", "chosen_settings", "write_tuning", "plot_tuning"]
 
