@@ -57,7 +57,7 @@ def test_default_admm_run_keeps_its_identity():
 
 
 def test_every_preset_run_keeps_its_folder_name():
-    from nxmlab.study.presets import preset_runs
+    from nxmlab.study.runs import preset_runs
 
     from nxmlab.study.presets import Preset
 
@@ -474,7 +474,7 @@ def test_backfilled_loss_free_control_equals_the_one_recorded_at_the_end_of_the_
     import pandas as pd
 
     from nxmlab.study.convergence import backfill_loss_free, load_convergence, load_updates
-    from nxmlab.study.presets import preset_runs
+    from nxmlab.study.runs import preset_runs
     from nxmlab.study.recipe import run_experiment
     from nxmlab.study.store import RunFolder
 

@@ -13,7 +13,7 @@ import pytest
 
 from bench import BENCHMARKS
 from bench.study_cost import GLUE_TRAIN_SIZES, project_preset_seconds
-from nxmlab.study.presets import preset_runs
+from nxmlab.study.runs import preset_runs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MACHINE_KEYS = {"cpu_count", "platform", "torch", "torch_threads", "date_utc", "cpu_model", "python"}
@@ -154,7 +154,8 @@ def test_padding_json(quick_padding):
 
 
 def test_project_preset_seconds_by_hand():
-    from nxmlab.study.presets import get_preset, preset_runs
+    from nxmlab.study.presets import get_preset
+    from nxmlab.study.runs import preset_runs
 
     smoke = get_preset("smoke")  # rte + stsb, 1 epoch + 1 retrain, batch 8, train_limit 32, eval_limit 16
     sps = {t: {"dense": 1.0, "admm": 2.0, "fixed": 3.0, "kd_extra": 10.0} for t in ("rte", "stsb")}
@@ -203,7 +204,7 @@ def test_live_projection_costs_the_preset_from_the_committed_store():
     """`nxmlab reproduce --dry-run`'s hours: the store's own step times; every run of the n:m
     sweep is costed, and finished runs (by folder, pattern included) cost nothing."""
     from bench.study_cost import live_projection
-    from nxmlab.study.presets import preset_runs
+    from nxmlab.study.runs import preset_runs
 
     results = Path(__file__).resolve().parents[1] / "results"
     proj = live_projection("baselines", results, ["table", "patterns"])

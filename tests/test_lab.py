@@ -19,7 +19,8 @@ import nbformat
 import pytest
 
 from nxmlab.study import notebook
-from nxmlab.study.presets import get_preset, preset_runs
+from nxmlab.study.presets import get_preset
+from nxmlab.study.runs import preset_runs
 from nxmlab.study.reproduce import NOTEBOOKS, notebook_dir
 
 REPO = Path(__file__).resolve().parents[1]

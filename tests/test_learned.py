@@ -316,7 +316,8 @@ def test_fp16_is_refused_with_the_regulariser_only():
 @pytest.mark.parametrize("label", ["learned", "learned+kd"])
 def test_matched_budget_of_the_cpu_preset(label):
     """Budget 3 passes: dense 2 epochs + learning 0.5 + masked fine-tuning 0.5."""
-    from nxmlab.study.presets import get_preset, make_run
+    from nxmlab.study.presets import get_preset
+    from nxmlab.study.runs import make_run
 
     spec = make_run(get_preset("cpu"), "mrpc", label, 42)
     assert spec.method.budget_passes(spec) == 3.0

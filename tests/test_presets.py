@@ -13,7 +13,8 @@ import pytest
 from nxmlab.study.cli import main
 from nxmlab.study.config import NxMTrainingArguments, RunConfig, RunSpec
 from nxmlab.study.methods import METHODS
-from nxmlab.study.presets import PRESETS, Preset, get_preset, parse_label, preset_runs, resolve_preset
+from nxmlab.study.presets import PRESETS, Preset, get_preset, parse_label, resolve_preset
+from nxmlab.study.runs import preset_runs
 from nxmlab.study.reproduce import NOTEBOOKS, notebook_dir, plan
 from nxmlab.study.store import atomic_write_json
 

@@ -412,15 +412,3 @@ def get_preset(name: str | Preset) -> Preset:
 def resolve_preset(name: str | Preset, **overrides: Any) -> Preset:
     """:func:`get_preset` then :meth:`Preset.replace` (``None`` overrides keep the preset's value)."""
     return get_preset(name).replace(**overrides)
-
-
-#: Names that moved to :mod:`nxmlab.study.runs` (the run lists); still importable from here.
-_MOVED = ("make_run", "study_keys", "preset_runs", "row_labels", "membership")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from . import runs
-
-        return getattr(runs, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
