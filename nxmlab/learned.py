@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .masking import as_bool_mask
-from .nxm import NxM, nxm_mask
+from .nxm import NxM, check_targets, check_tensor, nxm_mask
 
 __all__ = ["GATE", "GATE_UNIT", "MAX_CANDIDATES", "LearnedMasks", "MaskSchedule", "candidate_masks",
            "gumbel_soft_mask", "kept_weight_norm", "prior_gates"]
@@ -107,6 +107,8 @@ def gumbel_soft_mask(logits: torch.Tensor, table: torch.Tensor, tau: float,
         ``[..., n]``: ``softmax((logits + G) / tau) @ table`` with ``G`` i.i.d. Gumbel(0, 1), a
         convex combination of candidates, so each group sums to ``m``.
     """
+    check_tensor(logits, "logits")
+    check_tensor(table, "table", dtypes=None)
     noise = -torch.empty_like(logits).exponential_(generator=generator).log()
     probs = torch.softmax((logits + noise) / tau, dim=-1)
     return probs @ table.to(device=probs.device, dtype=probs.dtype)
@@ -138,6 +140,8 @@ def prior_gates(prior: torch.Tensor, pattern: NxM | str, strength: float = 3.0,
 def kept_weight_norm(weight: torch.Tensor, soft_mask: torch.Tensor) -> torch.Tensor:
     """``||W * M~||^2`` with ``W`` detached: MaskLLM's sparse weight regulariser is ``-lambda`` times
     its sum over the targets (it rewards masks that keep large weights)."""
+    check_tensor(weight, "weight")
+    check_tensor(soft_mask, "soft_mask")
     return (weight.detach() * soft_mask).pow(2).sum()
 
 
@@ -211,6 +215,7 @@ class LearnedMasks:
                  prior: Mapping[str, torch.Tensor] | None = None, schedule: MaskSchedule | None = None,
                  prior_strength: float = 3.0, lr_mult: float = 1.0, init_std: float = 0.0,
                  generator: torch.Generator | None = None, max_candidates: int = MAX_CANDIDATES) -> None:
+        check_targets(targets)
         self.pattern = NxM.parse(pattern)
         count = math.comb(self.pattern.n, self.pattern.m)
         if count > max_candidates:

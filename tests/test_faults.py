@@ -1023,11 +1023,16 @@ def _public_api_calls() -> dict:
         "project": lambda: nxmlab.project(array.tolist(), "4:2"),
         "select_targets": lambda: nxmlab.select_targets(array),
         "unstructured_masks": lambda: nxmlab.unstructured_masks({"0": linear.weight}, 0.5),  # a tensor, not a module
+        "LearnedMasks": lambda: nxmlab.LearnedMasks({"0": array}, "4:2"),
+        "gumbel_soft_mask": lambda: nxmlab.gumbel_soft_mask(array, nxmlab.candidate_masks("4:2"), 1.0),
+        "kept_weight_norm": lambda: nxmlab.kept_weight_norm(array, array),
+        "prior_gates": lambda: nxmlab.prior_gates(array, "4:2"),
     }
 
 
 #: Public names that take no module or tensor.
-NO_MODULE_OR_TENSOR = {"ADMMDiagnostics": "a record of floats", "COMPONENTS": "a tuple of component names"}
+NO_MODULE_OR_TENSOR = {"ADMMDiagnostics": "a record of floats", "COMPONENTS": "a tuple of component names",
+                       "MaskSchedule": "a schedule of floats", "candidate_masks": "a pattern"}
 
 
 def test_the_api_table_covers_every_public_name():
