@@ -73,6 +73,7 @@ def test_projection_json(quick_results):
     assert set(sweep) == {"1", "2"}
     for count, res in sweep.items():
         assert res["threads"] == int(count) and _is_ratio(res["kernel_vs_floor"]["median"])
+        assert isinstance(res["contended"], bool)
         assert res["seconds"]["kernel"]["n"] == data["config"]["thread_rounds"]
     assert {"4:2 kernel / floor at 1 thread", "4:2 kernel / floor at 2 threads"} <= set(data["targets"])
     assert data["machine"]["torch_threads"] == 1  # the sweep restores the thread count
