@@ -19,7 +19,7 @@ from nxmlab.study.reproduce import NOTEBOOKS, notebook_dir, plan
 from nxmlab.study.store import atomic_write_json
 
 # (table runs, rho-sweep runs, all runs deduplicated)
-EXPECTED = {"smoke": (12, 3, 25), "quick": (6, 0, 6), "baselines": (21, 0, 41), "convergence": (3, 3, 18), "cpu": (120, 0, 168), "paper": (40, 6, 44),
+EXPECTED = {"smoke": (12, 3, 25), "quick": (6, 0, 6), "baselines": (21, 0, 41), "convergence": (3, 3, 18), "cpu": (120, 0, 188), "paper": (40, 6, 44),
             "protocol": (9, 0, 36)}
 
 
@@ -46,7 +46,8 @@ def test_every_preset_builds_valid_runs(name):
         tuned = {**dict(preset.options), **dict(dict(preset.task_options).get(spec.task.name, ()))}
         if spec.cfg.heldout is not None:  # a selection run: a grid point on the held-out split
             assert spec.cfg.heldout == preset.heldout and args.seed == preset.selection_seed
-            assert spec.method.sparse or args.learning_rate == tuned.get("dense_learning_rate", preset.learning_rate)
+            assert spec.method.sparse or args.learning_rate == tuned.get(
+                "dense_learning_rate", tuned.get("learning_rate", preset.learning_rate))
             continue
         if spec.method.sparse:
             assert args.learning_rate == tuned.get("learning_rate", preset.learning_rate)
@@ -102,7 +103,14 @@ def test_cpu_preset_seeds_one_seed_labels_and_task_options():
     for (task, label), got in seeds.items():
         assert got == ({42} if label in cpu.one_seed else {42, 43, 44}), (task, label)
     assert {task for task, _ in seeds} == {"cola", "mrpc", "stsb", "rte"}
-    assert {label for _, label in seeds} == set(cpu.methods)
+    # learned's table runs wait for its selection study (held-out split, seed 41)
+    assert {label for _, label in seeds} == set(cpu.methods) - {"learned"}
+    assert all(cpu.pending(task, "learned") for task in cpu.tasks)
+    chosen = cpu.replace(chosen={t: {"learned": {"freeze_weights": True, "mask_prior_strength": 3.0}} for t in cpu.tasks})
+    learned = [spec for spec in preset_runs(chosen, "table") if spec.label == "learned"]
+    assert len(learned) == 12 and {spec.seed for spec in learned} == {42, 43, 44}
+    selection = preset_runs(cpu, "selection")
+    assert {spec.args.seed for spec in selection} == {41} and len(selection) == 4 + 16
     baselines = {spec.folder().path for spec in preset_runs("baselines", "table")}
     # STS-B's tuned learning rate (1e-4) differs from baselines' 5e-5; MRPC's and RTE's do not
     shared = {spec.folder().path for spec in table if spec.seed == 42 and spec.task.name in ("mrpc", "rte")
@@ -376,7 +384,8 @@ def test_reproduce_runs_the_presets_own_notebooks(tmp_path, capsys):
     assert "convergence:" in out and "rho_analysis:" in out and "glue_table:" not in out
 
 
-@pytest.mark.xfail(strict=True, reason="issue #29: seeds 43 and 44 of wanda, sparsegpt and unstructured are training")
+@pytest.mark.xfail(strict=True, reason="issue #29: RTE's seeds 43 and 44 of wanda, sparsegpt and unstructured, and "
+                   "learned (after its selection study), are training")
 def test_the_committed_cpu_table_is_complete_with_three_seeds_where_required(capsys):
     """Issue #14's acceptance: ``nxmlab table results --csv`` has 3 seeds of every (task,
     method) pair of ``cpu`` outside ``one_seed`` (1 seed for those), with a ``run`` column
@@ -390,7 +399,7 @@ def test_the_committed_cpu_table_is_complete_with_three_seeds_where_required(cap
     cpu = get_preset("cpu")
     results = Path(__file__).resolve().parents[1] / "results"
     specs = preset_runs(cpu, "table", str(results))
-    assert len(specs) == 120 and all(spec.folder().finished for spec in specs)
+    assert len(specs) == 132 and all(spec.folder().finished for spec in specs)  # 120 + learned (12)
     assert main(["table", str(results), "--csv"]) == 0
     csv = pd.read_csv(io.StringIO(capsys.readouterr().out))
     mine = csv[csv["run"].isin({spec.folder().path.relative_to(results).as_posix() for spec in specs})]

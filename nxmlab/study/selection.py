@@ -38,8 +38,9 @@ __all__ = ["FREE_FLIPS", "RULE", "load_selection", "choose", "recorded"]
 FREE_FLIPS = 0.005
 
 #: The selection rule in one sentence (docs/protocol.md and the notebook print it).
-RULE = ("per task and label, the grid point with the highest score on the held-out 10 % of the training set "
-        "(seed 42, never a reported seed); for nxmlab's ADMM only among the points that converge at the "
+RULE = ("per task and label, the grid point with the highest score on the preset's held-out split of the "
+        "training set (10 %; with its selection seed, never a reported seed: protocol 42, cpu 41); for nxmlab's "
+        "ADMM only among the points that converge at the "
         "prune (relative distance <= 0.05, <= 0.5 % flips at each of the last two Z/U updates, last Z mask "
         "within 0.5 % of the final mask, prune cost <= 1 held-out point) and whose first Z/U update flips "
         f">= {100 * FREE_FLIPS:g} % of the positions")

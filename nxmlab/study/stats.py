@@ -66,7 +66,12 @@ COMPARISONS: tuple[Comparison, ...] = (
     Comparison("KD gain: sr-ste", "sr-ste+kd", "sr-ste", "KD adds to SR-STE (not a claim of the paper)"),
     Comparison("sr-ste - admm", "sr-ste", "admm", ""),
     Comparison("wanda - magnitude", "wanda", "magnitude", ""),  # the one-shot baselines against ASP (issue #13)
-    Comparison("sparsegpt - magnitude", "sparsegpt", "magnitude", ""),
+    Comparison("sparsegpt - magnitude", "sparsegpt", "magnitude",
+               "calibration-aware one-shot masks beat ASP (not a claim of the paper)"),
+    # learned masks (issue #29): does a mask the task loss chooses beat magnitude and calibration masks?
+    Comparison("learned - magnitude", "learned", "magnitude", "a learned mask beats ASP (not a claim of the paper)"),
+    Comparison("learned - sparsegpt", "learned", "sparsegpt",
+               "a learned mask beats SparseGPT's (not a claim of the paper)"),
     # the authors' protocol (issue #28): nxmlab's ADMM beside the authors' setting
     Comparison("nxmlab-admm - magnitude", "nxmlab-admm", "magnitude",
                "nxmlab's ADMM (beyond the paper) beats ASP in the authors' protocol"),
