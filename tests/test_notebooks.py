@@ -27,7 +27,7 @@ FIGURES = {
     "sparsity_dynamics": ["dynamics_rel_dist", "dynamics_layer_heatmap", "dynamics_flips", "weight_magnitudes"],
     # one seed: no seed comparison figure
     "mask_distance": ["mask_distance_methods", "mask_distance_layers", "mask_distance_tasks", "mask_distance_rho",
-                      "mask_distance_rho_rte"],
+                      "mask_distance_rho_rte", "mask_movement_pretrained_magnitude", "mask_movement_dense_magnitude"],
     "protocol": ["protocol_updates", "protocol_mask_movement"],
 }
 
@@ -110,6 +110,8 @@ def test_notebook_runs_and_writes_its_figures(smoke, name):
     if name == "mask_distance":
         assert "skipped: the preset has 1 seed(s)" in text
         assert not (figures / "mask_distance_seeds.png").exists()
+        movement = (figures / "mask_movement.csv").read_text()  # issue #29: every sparse method against ASP
+        assert movement.startswith("task,label,reference,distance_pct,gain,seeds") and "unstructured" in movement
 
 
 @pytest.mark.parametrize("name", ["sparsity_dynamics", "mask_distance"])
