@@ -25,14 +25,15 @@ How the compiled kernel is written, and why (measured in ``bench/projection.py``
   exactly ``+0.0`` where pruned and keeps every kept bit, with no float ops (Inductor
   compiles with ``-ffast-math``-style flags).
 * **The NaN/Inf check in the same loop.** A magnitude at least the bits of ``+Inf`` is
-  Inf or NaN; the loop writes that test as one int32 per group (the largest magnitude of
-  the group against ``+Inf``'s bits), and ``max()`` over those ``G`` values follows (for
+  Inf or NaN. The loop writes each group's largest magnitude (sign-cleared bits, an
+  integer of the element's width), and ``max()`` over those ``G`` values follows (for
   fp32 4:x, one byte per weight element, written once and read once: a quarter of the
   bytes the floor moves), so there is no second pass over the weight and no false alarm
-  for finite values. Measured choices: a reduction to
-  one flag inside the loop makes Inductor emit a serial loop (at 2 threads the kernel ran
-  on one: issue #30's regression), and bool or int16 flags are stored lane by lane
-  (5-10x slower loops); int32 flags cost the loop about 2 %.
+  for finite values. Measured choices: a reduction to one flag inside the loop makes
+  Inductor emit a serial loop (at 2 threads the kernel ran on one: issue #30's
+  regression); a flag per group (the comparison, stored as bool, int16 or int32) made
+  the loop 1.1-10x slower and kept it from scaling to 2 threads; the magnitude itself
+  costs the loop about 3 % at 1 and 2 threads.
 * **Vectorisation switched on.** Inductor's tiling heuristic refuses to vectorise a
   loop whose loads are strided (stride n), and it compiles with
   ``-fno-tree-loop-vectorize``, so by default the loop runs scalar (~3x slower).
@@ -178,8 +179,9 @@ def _group_kernel_template(chunks: torch.Tensor, n: int, m: int, elem_bytes: int
         inf_bits: the bits of ``+Inf`` in the weight's dtype.
     Returns:
         ``(packed mask [G] or [G, cm], projected chunks [G, c])`` and, with ``check``,
-        an int32 ``[G]``, 1 for a group with a NaN or Inf element (its exponent bits all
-        set), written in the same loop (a reduction here would make the loop serial).
+        the largest magnitude of each group (``[G]``, sign-cleared bits), written in the
+        same loop; it is at least ``inf_bits`` exactly where the group holds a NaN or Inf
+        (a reduction here would make the loop serial).
     """
     chunk_bytes = chunks.element_size()
     per_chunk = chunk_bytes // elem_bytes
@@ -209,7 +211,7 @@ def _group_kernel_template(chunks: torch.Tensor, n: int, m: int, elem_bytes: int
     top = cols[0]
     for col in cols[1:]:
         top = torch.maximum(top, col)
-    return packed_t, proj_t, (top >= inf_bits).to(torch.int32)
+    return packed_t, proj_t, top
 
 
 _compiled: dict[tuple, Callable] = {}
@@ -390,7 +392,7 @@ def compiled_nxm_mask_and_project(weight: torch.Tensor, n: int, m: int, name: st
     chunk_bytes = min(n * elem_bytes, 8)
     chunks = w.view(_INT_OF_SIZE[chunk_bytes]).view(-1, n * elem_bytes // chunk_bytes)
     out = _run_kernel(chunks, n, m, w.dtype, check)
-    if check and bool(out[2].max()):  # exact: some element's exponent bits are all set
+    if check and int(out[2].max()) >= _INF_BITS[w.dtype]:  # exact: some element's exponent bits are all set
         raise _NotFinite(f"{name}: weight of shape {tuple(weight.shape)} holds NaN or Inf values")
     mask = out[0].view(torch.bool).view(weight.shape)
     projected = out[1].view(w.dtype).view(weight.shape)
