@@ -41,10 +41,12 @@ def plot_mask_movement(movement: pd.DataFrame, reference: str = "dense_magnitude
         ax.set_xscale("log")
         ax.axhline(0.0, color="0.5", ls=":", lw=1)
         ax.set_title(task)
-        ax.set_xlabel(f"final mask vs {reference.replace('_', ' ')} mask (% of kept positions)")
-        ax.set_ylabel(f"score − {baseline} (same seed, points)")
+        ax.set_xlabel("")
+        ax.set_ylabel(f"score − {baseline} (same seed, points)" if ax is axes[0, 0] else "")
     if axes[0, -1].get_legend() is not None:
         sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, title_fontsize=7)
+    fig.supxlabel(f"final mask vs the {reference.replace('_', ' ')} mask (% of kept positions that differ)",
+                  fontsize=9)
     fig.suptitle(f"Mask movement against the gain over {baseline} (one point per run; masks that never left the "
                  f"reference are drawn at {100 * floor:g} %)", fontsize=9)
     return fig
