@@ -1,5 +1,5 @@
 """The package's architecture: the method layer never imports the study layer, no import
-cycles anywhere, no module far over 500 lines, and no branching on method names outside
+cycles anywhere (``TYPE_CHECKING`` imports included), no module far over 500 lines, and no branching on method names outside
 the registry."""
 
 from __future__ import annotations
@@ -21,25 +21,18 @@ def _module(path: Path) -> str:
     return ".".join(parts)
 
 
-def _runtime_nodes(tree: ast.AST):
-    """Every node, except the bodies of ``if TYPE_CHECKING:`` blocks (type hints are not imports)."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        yield node
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and getattr(child.test, "id", None) == "TYPE_CHECKING":
-                stack.extend(child.orelse)
-                continue
-            stack.append(child)
+def _nodes(tree: ast.AST):
+    """Every node, the bodies of ``if TYPE_CHECKING:`` blocks included: a cycle closed only
+    for the type checker still leaves its modules without an order (issue #30)."""
+    return ast.walk(tree)
 
 
 def _imports(path: Path) -> set[str]:
-    """Every nxmlab module ``path`` imports at run time, at module level or inside functions."""
+    """Every nxmlab module ``path`` imports: at module level, inside functions, or for type checking."""
     name = _module(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in _runtime_nodes(ast.parse(path.read_text())):
+    for node in _nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("nxmlab")}
         elif isinstance(node, ast.ImportFrom):
@@ -103,9 +96,11 @@ def test_the_cycle_finder_finds_a_cycle(tmp_path, monkeypatch):
     (pkg / "__init__.py").write_text("")
     (pkg / "a.py").write_text("from .b import x\n")
     (pkg / "b.py").write_text("def f():\n    from . import a\n")
+    (pkg / "c.py").write_text("from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from .a import x\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
     graph = _graph()
     assert graph["nxmlab.a"] == {"nxmlab.b"} and graph["nxmlab.b"] == {"nxmlab", "nxmlab.a"}
+    assert graph["nxmlab.c"] == {"nxmlab.a"}  # type-checking imports count
 
 
 def test_no_branching_on_method_names_outside_the_registry():

@@ -255,7 +255,8 @@ def _components(spec: str) -> tuple[str, ...]:
 class RunSpec:
     """A validated run: typed fields resolved once from :class:`RunConfig` and the training arguments.
 
-    Build it with :meth:`parse`; ``cfg`` and ``args`` are kept for the plain settings.
+    Build it with :meth:`parse`; ``cfg`` and ``args`` are kept for the plain settings.  It is
+    the :class:`~nxmlab.study.spec.Spec` the method registry and the phase hooks read.
     """
 
     cfg: RunConfig

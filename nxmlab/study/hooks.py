@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,10 +27,8 @@ from ..admm import ADMM, loss_free_run
 from ..callbacks import ADMM_STATE_FILE, ADMMCallback
 from ..nxm import nxm_mask
 from .distributed import check_replicated, is_main
+from .spec import Spec
 from .store import RunFolder, append_jsonl, atomic_write, follow_umask, load_masks, read_jsonl, save_masks
-
-if TYPE_CHECKING:
-    from .config import RunSpec
 
 __all__ = ["ADMMHooks", "SRSTEHooks", "LearnedHooks", "STAGES", "downsample_dynamics", "ConvergenceCriteria", "CONVERGENCE", "is_converged"]
 
@@ -110,7 +108,7 @@ class ADMMHooks:
 
     records_dynamics = True
 
-    def __init__(self, spec: RunSpec, folder: RunFolder, model, targets: Callable, steps_per_epoch: int,
+    def __init__(self, spec: Spec, folder: RunFolder, model, targets: Callable, steps_per_epoch: int,
                  calibration: Callable[[], list] | None = None) -> None:
         cfg = spec.cfg
         self.spec, self.folder = spec, folder
@@ -289,7 +287,7 @@ class SRSTEHooks:
 
     records_dynamics = False
 
-    def __init__(self, spec: RunSpec, folder: RunFolder, model, targets: Callable, steps_per_epoch: int,
+    def __init__(self, spec: Spec, folder: RunFolder, model, targets: Callable, steps_per_epoch: int,
                  calibration: Callable[[], list] | None = None) -> None:
         self.spec, self.model, self.targets = spec, model, targets
         self.srste = None
@@ -330,7 +328,7 @@ class LearnedHooks:
 
     records_dynamics = False
 
-    def __init__(self, spec: RunSpec, folder: RunFolder, model, targets: Callable, steps_per_epoch: int,
+    def __init__(self, spec: Spec, folder: RunFolder, model, targets: Callable, steps_per_epoch: int,
                  calibration: Callable[[], list] | None = None) -> None:
         self.spec, self.folder, self.model, self.targets = spec, folder, model, targets
         self.calibration = calibration if calibration is not None else list

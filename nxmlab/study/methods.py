@@ -34,15 +34,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..masking import magnitude_nxm_masks, unstructured_masks
 from .hooks import ADMMHooks, LearnedHooks, SRSTEHooks, learned_masks
-
-if TYPE_CHECKING:
-    from .config import RunSpec
+from .spec import Spec
 
 __all__ = ["METHODS", "Method", "MaskRule", "MaskContext", "Prune", "Train", "get_method", "method_label",
            "parse_label", "LABELS"]
@@ -65,7 +63,7 @@ class MaskContext:
             phase saved, e.g. the learned masks), or ``None``.
     """
 
-    spec: RunSpec
+    spec: Spec
     model: Any
     pretrained: Any
     dense: Any | None
@@ -93,7 +91,7 @@ class MaskRule:
     name: str
     choose: Callable[[MaskContext], dict[str, torch.Tensor]]
     structured: bool = True
-    uses_dense: Callable[[RunSpec], bool] = lambda spec: False
+    uses_dense: Callable[[Spec], bool] = lambda spec: False
 
 
 def _magnitude(ctx: MaskContext) -> dict[str, torch.Tensor]:
@@ -128,7 +126,7 @@ def _learned(ctx: MaskContext) -> dict[str, torch.Tensor]:
     return {name: masks[name].to(modules[name].weight.device) for name in modules}
 
 
-def _mask_source_is_dense(spec: RunSpec) -> bool:
+def _mask_source_is_dense(spec: Spec) -> bool:
     return spec.cfg.mask_source == "dense"
 
 
@@ -192,7 +190,7 @@ class Method:
     name: str
     summary: str
     steps: tuple[Train | Prune, ...]
-    start: Callable[[RunSpec], str] = lambda spec: "pretrained"
+    start: Callable[[Spec], str] = lambda spec: "pretrained"
     kd: bool = True
     options: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
@@ -220,11 +218,11 @@ class Method:
         """A phase of the method has hooks that record training dynamics."""
         return any(getattr(s.hooks, "records_dynamics", False) for s in self.phases)
 
-    def uses_dense_weights(self, spec: RunSpec) -> bool:
+    def uses_dense_weights(self, spec: Spec) -> bool:
         """The run starts from the dense fine-tuned model or takes its mask from it (not KD)."""
         return self.start(spec) == "dense" or (self.rule is not None and self.rule.uses_dense(spec))
 
-    def budget_passes(self, spec: RunSpec) -> float:
+    def budget_passes(self, spec: Spec) -> float:
         """Passes over the training set the run pays for (the matched budget of issue #13).
 
         The epochs of its :class:`Train` steps, plus the dense fine-tune when the run starts
@@ -234,7 +232,7 @@ class Method:
         own = sum(spec.epochs(step.epochs) for step in self.phases)
         return own + (spec.dense_epochs if self.sparse and self.uses_dense_weights(spec) else 0.0)
 
-    def match_budget(self, spec: RunSpec, budget: float) -> tuple[str, float]:
+    def match_budget(self, spec: Spec, budget: float) -> tuple[str, float]:
         """``(field, epochs)``: the length of the last :class:`Train` step that makes
         :meth:`budget_passes` equal ``budget``; ``ValueError`` when nothing is left for it."""
         last = self.phases[-1]
@@ -245,16 +243,16 @@ class Method:
                              f"'{last.name}' phase (the other phases take {rest:g})")
         return last.epochs, epochs
 
-    def needs_dense(self, spec: RunSpec) -> bool:
+    def needs_dense(self, spec: Spec) -> bool:
         """The run needs the dense fine-tuned model: as start, mask source or KD teacher."""
         return self.uses_dense_weights(spec) or (spec.kd and spec.cfg.teacher is None)
 
 
-def _admm_start(spec: RunSpec) -> str:
+def _admm_start(spec: Spec) -> str:
     return spec.cfg.admm_init
 
 
-def _dense_start(spec: RunSpec) -> str:
+def _dense_start(spec: Spec) -> str:
     return "dense"
 
 
