@@ -1,6 +1,6 @@
 """The package's architecture: the method layer never imports the study layer, no import
-cycles anywhere (``TYPE_CHECKING`` imports included), no module far over 500 lines, and no branching on method names outside
-the registry."""
+cycles anywhere (``TYPE_CHECKING`` imports included), no import of ``bench`` from nxmlab, no
+module far over 500 lines, and no branching on method names outside the registry."""
 
 from __future__ import annotations
 
@@ -101,6 +101,35 @@ def test_the_cycle_finder_finds_a_cycle(tmp_path, monkeypatch):
     graph = _graph()
     assert graph["nxmlab.a"] == {"nxmlab.b"} and graph["nxmlab.b"] == {"nxmlab", "nxmlab.a"}
     assert graph["nxmlab.c"] == {"nxmlab.a"}  # type-checking imports count
+
+
+def _bench_imports(path: Path) -> list[str]:
+    """``bench`` imports of ``path``: statements anywhere, and ``import_module``/``__import__`` calls."""
+    found = []
+    for node in _nodes(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] == "bench"]
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "bench":
+            found.append(node.module)
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in (
+                "import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant) and \
+                str(node.args[0].value).split(".")[0] == "bench":
+            found.append(node.args[0].value)
+    return found
+
+
+def test_nothing_under_nxmlab_imports_bench():
+    """The benchmarks use nxmlab, never the other way round (issue #30): what both need
+    lives in nxmlab (e.g. the study-cost projection)."""
+    offenders = {str(p.relative_to(PACKAGE.parent)): _bench_imports(p) for p in PACKAGE.rglob("*.py")}
+    assert not {p: b for p, b in offenders.items() if b}, offenders
+
+
+def test_the_bench_check_finds_a_bench_import(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("import importlib\n\ndef f():\n    from bench.study_cost import live_projection\n"
+                      "    import bench\n    return importlib.import_module('bench.common')\n")
+    assert _bench_imports(module) == ["bench.study_cost", "bench", "bench.common"]
 
 
 def test_no_branching_on_method_names_outside_the_registry():

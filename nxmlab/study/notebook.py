@@ -214,7 +214,7 @@ def run_study(preset: Preset | str, study: str | Sequence[str], results_dir: str
 def _plan(preset: Preset, total: int, missing: int, results_dir: Path) -> str:
     """What ``train=True`` would do: the missing runs, how to train them, and the projected cost."""
     from .presets import get_preset
-    from .reproduce import projected_cost
+    from .cost import projected_cost
 
     lines = [f"plan: {missing} of {total} runs (marked 'not run yet' above) are not in {results_dir}; "
              "nothing was trained (train=False).",

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import NOTEBOOKS, resolve_dir
+from .cost import STUDY_COST_FILE, live_cost, projected_cost  # noqa: F401 (STUDY_COST_FILE: its old home)
 from .presets import Preset, resolve_preset
 from .runs import preset_runs
-from .store import read_json
 
 __all__ = ["NOTEBOOKS", "NOTEBOOK_STUDIES", "notebook_dir", "plan", "format_plan", "venv_kernel",
            "execute_notebook", "reproduce"]
@@ -99,69 +99,6 @@ def plan(preset: Preset | str, results_dir: str | os.PathLike[str] = "results", 
         out.append({"notebook": name, "runs": len(runs), "finished": finished, "new": len(pending),
                     "earlier": len(runs) - finished - len(pending), "pending": pending})
     return out
-
-
-#: Projected preset costs measured by ``make bench`` (bench/study_cost.py) in a source checkout.
-STUDY_COST_FILE = Path(__file__).resolve().parents[2] / "bench" / "results" / "study_cost.json"
-
-
-def projected_cost(preset_name: str, cost_file: str | os.PathLike[str] = STUDY_COST_FILE) -> list[str]:
-    """Lines with the projected wall time of a preset from ``make bench``'s study-cost JSON.
-
-    Empty when the file is absent (e.g. an installed, not checked-out, nxmlab).
-    """
-    data = read_json(cost_file) if Path(cost_file).is_file() else None
-    projection = (data or {}).get("projections", {}).get(preset_name)
-    if not projection:
-        return []
-    machine = data.get("machine", {})
-    when = str(machine.get("date_utc", "?"))[:10]
-    cpus, threads = machine.get("cpu_count", "?"), machine.get("torch_threads", "?")
-    lines = [f"projected wall time ({projection['basis']}; make bench on {when}, {cpus} CPU cores, "
-             f"{threads} torch thread(s); "
-             f"rerun make bench to refresh): {projection['total_hours']:.1f} h in all, "
-             f"{projection['remaining_hours']:.1f} h not yet in the store when measured"]
-    by_task = projection.get("by_task_hours") or {}
-    if by_task:
-        lines.append("    by task: " + ", ".join(f"{task} {hours:.1f} h" for task, hours in by_task.items()))
-    by_label = projection.get("by_label_hours") or {}
-    if by_label:
-        lines.append("    by method: " + ", ".join(f"{label} {hours:.1f} h" for label, hours in by_label.items()))
-    return lines
-
-
-def live_cost(preset: Preset, results_dir: str | os.PathLike[str], studies: Sequence[str],
-              cost_file: str | os.PathLike[str] = STUDY_COST_FILE) -> list[str]:
-    """Lines with the projected wall time of ``studies`` from the step times the results
-    store recorded (``bench.study_cost.live_projection``; source checkouts only, else empty)."""
-    root = str(Path(__file__).resolve().parents[2])
-    if not (Path(root) / "bench" / "study_cost.py").is_file():
-        return []
-    added = root not in sys.path
-    if added:
-        sys.path.insert(0, root)
-    try:
-        from bench.study_cost import live_projection
-    finally:
-        if added:
-            sys.path.remove(root)
-    cost = read_json(cost_file) if Path(cost_file).is_file() else None
-    proj = live_projection(preset, results_dir, studies, cost)
-    if not proj["runs"] or not proj["total_seconds"]:  # nothing recorded to project from
-        return []
-    hours = {k: v / 3600 for k, v in proj["by_task"].items()}
-    lines = [f"projected wall time on this machine's recorded step times (results store; length-grouped batches): "
-             f"{proj['total_seconds'] / 3600:.1f} h in all, {proj['remaining_seconds'] / 3600:.1f} h not yet finished",
-             "    by task: " + ", ".join(f"{t} {h:.1f} h" for t, h in hours.items()),
-             "    step times: " + "; ".join(f"{t}: {s}" for t, s in proj["source"].items())]
-    if len(studies) > 1:  # each study's own runs (a run two studies share counts in both)
-        each = {s: live_projection(preset, results_dir, [s], cost) for s in studies}
-        lines.insert(2, "    by study: " + ", ".join(
-            f"{s} {len(p['runs'])} runs {p['total_seconds'] / 3600:.1f} h ({p['remaining_seconds'] / 3600:.1f} h "
-            f"not finished)" for s, p in each.items() if p["runs"]))
-    if proj["missing"]:
-        lines.append(f"    not costed (no step time): {len(proj['missing'])} phase(s), e.g. {proj['missing'][0]}")
-    return lines
 
 
 def format_plan(preset: Preset, steps: list[dict[str, Any]], results_dir: str | os.PathLike[str]) -> str:
