@@ -47,11 +47,11 @@ QUICK = {"model": "tiny", "batch": 4, "seq": 32, "steps": 2, "warmup": 1, "updat
 def build_model(name: str, seed: int = 0):
     """``(model, vocab_size)``; ``tiny`` is built without the tokenizer package."""
     if name == "tiny":
-        from nxmlab.study.models import build_tiny_model
+        from nxmlab.study.data.models import build_tiny_model
 
         vocab = 30522
         return build_tiny_model(vocab, num_labels=2, seed=seed), vocab
-    from nxmlab.study.models import load_model_and_tokenizer
+    from nxmlab.study.data.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(name, 2, seed=seed)
     return model, len(tokenizer)

@@ -1,7 +1,7 @@
 """Padding: real tokens per padded token, and real-token training throughput, random vs length-grouped batches.
 
 For each GLUE task among cola, sst2, mrpc, stsb and rte (the training split of the
-mirror, ``NXMLAB_GLUE_DIR``, tokenised by :func:`nxmlab.study.data.tokenize_glue` with
+mirror, ``NXMLAB_GLUE_DIR``, tokenised by :func:`nxmlab.study.data.glue.tokenize_glue` with
 the ``minilm-l6`` tokenizer, truncated to 128 tokens, not padded):
 
 1. **Padding efficiency** over one full epoch of batches of 32, each padded to its
@@ -119,7 +119,7 @@ def _glue_dir(explicit: str | None):
 
 def load_lengths(task: str, tokenizer, cfg: dict[str, Any], glue_dir) -> tuple[Any, list[int], dict[str, Any]]:
     """``(tokenised training split, token counts, info)``; the split is ``None`` when absent from the mirror."""
-    from nxmlab.study.data import get_task, load_glue, tokenize_glue
+    from nxmlab.study.data.glue import get_task, load_glue, tokenize_glue
 
     spec = get_task(task)
     if glue_dir is None or not (glue_dir / task / f"{spec.train_split}.parquet").is_file():
@@ -148,7 +148,7 @@ def measure_throughput(task: str, data, lengths: list[int], epochs: dict[str, li
     """Alternated ``matmul`` / ``before`` / ``after`` calls; fractions of the matmul FLOP rate."""
     import torch
 
-    from nxmlab.study.data import get_task
+    from nxmlab.study.data.glue import get_task
 
     from .admm_overhead import train_step
 
@@ -209,7 +209,7 @@ def measure_throughput(task: str, data, lengths: list[int], epochs: dict[str, li
 
 # ================================================================================= run
 def _load_model(name: str):
-    from nxmlab.study.models import load_model_and_tokenizer
+    from nxmlab.study.data.models import load_model_and_tokenizer
 
     return load_model_and_tokenizer(name, num_labels=2, seed=0)
 

@@ -14,12 +14,12 @@
 3. **bert-base scale.** A random ``BertForSequenceClassification(BertConfig())`` (110M,
    no Hub) and ``minilm-l6`` take alternated steps at 32 x 128; the paper preset's step
    times are MiniLM's times the measured ratio.
-4. **Projection.** :func:`~nxmlab.study.cost.project_preset_seconds` (pure: no I/O,
+4. **Projection.** :func:`~nxmlab.study.studies.cost.project_preset_seconds` (pure: no I/O,
    no torch) turns a preset and per-task step times into the wall time of every run the
    preset's notebooks train (the ``table``, ``rho`` and ``dynamics`` studies,
    deduplicated), including the evaluations and the ADMM Z/U updates.  It lives in
-   :mod:`nxmlab.study.cost`, with the live projection ``nxmlab reproduce --dry-run`` prints
-   (:func:`~nxmlab.study.cost.live_projection`), and is re-exported here.
+   :mod:`nxmlab.study.studies.cost`, with the live projection ``nxmlab reproduce --dry-run`` prints
+   (:func:`~nxmlab.study.studies.cost.live_projection`), and is re-exported here.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from nxmlab.study.cost import (  # the projection itself, shared with nxmlab reproduce --dry-run
+from nxmlab.study.studies.cost import (  # the projection itself, shared with nxmlab reproduce --dry-run
     GLUE_EVAL_SIZES,
     GLUE_TRAIN_SIZES,
     KINDS,
@@ -63,7 +63,7 @@ QUICK = {"model": "tiny", "batch": 4, "max_seq_length": 32, "sample_rows": 64, "
 
 # ========================================================================= measurement
 def _glue_dir(explicit: str | None) -> Path | None:
-    from nxmlab.study.data import resolve_glue_dir
+    from nxmlab.study.data.glue import resolve_glue_dir
 
     path = resolve_glue_dir(explicit)
     if path is None and (REPO_ROOT.parent / "shared" / "glue").is_dir():
@@ -75,7 +75,7 @@ def _task_batches(task: str, tokenizer, cfg: dict[str, Any], glue_dir: Path | No
     """``count`` real collated batches of typical padded length, and how they were chosen."""
     from transformers import DataCollatorWithPadding
 
-    from nxmlab.study.data import get_task, load_glue, tokenize_glue
+    from nxmlab.study.data.glue import get_task, load_glue, tokenize_glue
 
     spec = get_task(task)
     if glue_dir is None or not (glue_dir / task / f"{spec.train_split}.parquet").is_file():
@@ -99,7 +99,7 @@ def _task_batches(task: str, tokenizer, cfg: dict[str, Any], glue_dir: Path | No
 
 def _load(model_name: str, num_labels: int, is_regression: bool):
     if model_name == "tiny":
-        from nxmlab.study.models import build_tiny_model, load_tokenizer
+        from nxmlab.study.data.models import build_tiny_model, load_tokenizer
 
         try:
             tok = load_tokenizer("tiny")
@@ -107,7 +107,7 @@ def _load(model_name: str, num_labels: int, is_regression: bool):
             tok = None
         vocab = len(tok) if tok is not None else 30522
         return build_tiny_model(vocab, num_labels, is_regression), tok
-    from nxmlab.study.models import load_model_and_tokenizer
+    from nxmlab.study.data.models import load_model_and_tokenizer
 
     return load_model_and_tokenizer(model_name, num_labels, is_regression=is_regression)
 
@@ -118,7 +118,7 @@ def measure_task(task: str, cfg: dict[str, Any], glue_dir: Path | None) -> dict[
 
     from nxmlab.admm import ADMM
     from nxmlab.distill import distillation_loss
-    from nxmlab.study.data import get_task
+    from nxmlab.study.data.glue import get_task
     from nxmlab.masking import apply_masks, magnitude_nxm_masks
     from nxmlab.targets import select_targets
 
@@ -208,8 +208,8 @@ def measure_scale(cfg: dict[str, Any]) -> dict[str, Any]:
 def run(quick: bool = False, results_dir: str = "results", glue_dir: str | None = None, **_: Any) -> dict[str, Any]:
     import torch
 
-    from nxmlab.study.methods import LABELS
-    from nxmlab.study.presets import get_preset
+    from nxmlab.study.train.methods import LABELS
+    from nxmlab.study.studies.presets import get_preset
 
     cfg = dict(QUICK if quick else FULL)
     gdir = _glue_dir(glue_dir)

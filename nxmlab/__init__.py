@@ -10,9 +10,11 @@ Two layers in one package:
   :mod:`nxmlab.admm`, :mod:`nxmlab.masking`, :mod:`nxmlab.distill`, :mod:`nxmlab.export`,
   :mod:`nxmlab.learned` (MaskLLM's learned n:m masks) <- :mod:`nxmlab.callbacks` (``transformers.Trainer`` callbacks).  Small, exact, and
   independent of the study;
-* **the study** (:mod:`nxmlab.study`): GLUE data, the results store, the method registry
-  and recipe, presets, result frames, plots, notebooks and the ``nxmlab`` CLI.  It uses
-  the method layer and is never imported by it.
+* **the study** (:mod:`nxmlab.study`), one folder per part: ``data/`` (GLUE data, metrics,
+  models), ``train/`` (run configs, the method registry, the recipe), ``results/`` (the
+  results store and its frames), ``studies/`` (presets and the notebooks' studies),
+  ``plots/`` and ``cli/`` (the ``nxmlab`` command).  It uses the method layer and is never
+  imported by it.
 """
 
 from __future__ import annotations

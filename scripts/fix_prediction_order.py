@@ -27,7 +27,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 
 def _score(task, frame, gold):
-    from nxmlab.study.metrics import glue_metrics
+    from nxmlab.study.data.metrics import glue_metrics
 
     pred = frame.set_index("idx")["prediction"].reindex(gold.index)
     if pred.isna().any():
@@ -36,9 +36,9 @@ def _score(task, frame, gold):
 
 
 def main(argv=None) -> int:
-    from nxmlab.study.data import get_task, load_glue, tokenize_glue
-    from nxmlab.study.models import load_tokenizer
-    from nxmlab.study.stats import gold_labels
+    from nxmlab.study.data.glue import get_task, load_glue, tokenize_glue
+    from nxmlab.study.data.models import load_tokenizer
+    from nxmlab.study.results.stats import gold_labels
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results_dir")

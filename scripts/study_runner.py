@@ -33,7 +33,7 @@ TUNING_TASK_ORDER = {"mrpc": 0, "stsb": 1, "cola": 2, "rte": 3}
 
 def queue(items: list[str], results_dir: str) -> list:
     """The unfinished runs of ``items`` (``PRESET:STUDY[,STUDY]``), deduplicated, in order."""
-    from nxmlab.study.runs import preset_runs
+    from nxmlab.study.studies.runs import preset_runs
 
     runs, seen = [], set()
     for item in items:
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the queue and exit")
     ns = parser.parse_args(argv)
 
-    from nxmlab.study.presets import PRESETS
-    from nxmlab.study.recipe import run_experiment
+    from nxmlab.study.studies.presets import PRESETS
+    from nxmlab.study.train.recipe import run_experiment
 
     for item in ns.items:
         if item.partition(":")[0] not in PRESETS:

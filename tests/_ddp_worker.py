@@ -16,7 +16,8 @@ import torch
 
 def main() -> int:
     dump_dir, argv = Path(sys.argv[1]), sys.argv[2:]
-    from nxmlab.study import cli, hooks, recipe
+    from nxmlab.study import cli
+    from nxmlab.study.train import hooks, recipe
 
     rank = int(os.environ.get("RANK", "0"))
     dump: dict = {"prune_masks": []}

@@ -1,4 +1,4 @@
-"""A tokenizer-free toy BERT for core tests (the `tiny` model lives in nxmlab.study.models)."""
+"""A tokenizer-free toy BERT for core tests (the `tiny` model lives in nxmlab.study.data.models)."""
 
 import torch
 from transformers import BertConfig, BertForSequenceClassification

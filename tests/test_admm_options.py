@@ -16,8 +16,8 @@ from transformers.optimization import get_linear_schedule_with_warmup
 from nxmlab.admm import ADMM
 from nxmlab.callbacks import ADMMCallback, lr_budget, planned_lr_sum
 from nxmlab.nxm import is_nxm, nxm_mask, project
-from nxmlab.study.config import NxMTrainingArguments, RunConfig, RunSpec, non_default
-from nxmlab.study.hooks import CONVERGENCE, ConvergenceCriteria, is_converged
+from nxmlab.study.train.config import NxMTrainingArguments, RunConfig, RunSpec, non_default
+from nxmlab.study.train.hooks import CONVERGENCE, ConvergenceCriteria, is_converged
 from nxmlab.targets import select_targets, train_only
 
 from ._tiny import toy_batch, toy_bert
@@ -57,9 +57,9 @@ def test_default_admm_run_keeps_its_identity():
 
 
 def test_every_preset_run_keeps_its_folder_name():
-    from nxmlab.study.runs import preset_runs
+    from nxmlab.study.studies.runs import preset_runs
 
-    from nxmlab.study.presets import Preset
+    from nxmlab.study.studies.presets import Preset
 
     # the cpu preset as it was then (issue #14 redefined it): every run must keep its folder name
     old_cpu = Preset(name="cpu", model="minilm-l6", tasks=("cola", "sst2", "mrpc", "stsb", "rte"), seeds=(42, 43, 44),
@@ -316,10 +316,10 @@ def _tiny_run(results, glue_dir, **overrides):
 def test_authors_setting_end_to_end_on_tiny(tmp_path, glue_dir):
     from safetensors.torch import load_file
 
-    from nxmlab.study.frames import load_scores
-    from nxmlab.study.models import load_model_and_tokenizer
-    from nxmlab.study.recipe import run_experiment
-    from nxmlab.study.store import RunFolder, load_masks
+    from nxmlab.study.results.frames import load_scores
+    from nxmlab.study.data.models import load_model_and_tokenizer
+    from nxmlab.study.train.recipe import run_experiment
+    from nxmlab.study.results.store import RunFolder, load_masks
 
     spec = _tiny_run(tmp_path, glue_dir, u_init="residual", penalty_before_clip=True, train_only_targets=True,
                      admm_steps=6, retrain_epochs=0.0)
@@ -355,7 +355,7 @@ def test_authors_setting_end_to_end_on_tiny(tmp_path, glue_dir):
 
 @pytest.mark.slow
 def test_decoupled_penalty_end_to_end_on_tiny(tmp_path, glue_dir):
-    from nxmlab.study.recipe import run_experiment
+    from nxmlab.study.train.recipe import run_experiment
 
     base = run_experiment(_tiny_run(tmp_path / "a", glue_dir))
     decoupled = run_experiment(_tiny_run(tmp_path / "b", glue_dir, decoupled_penalty=True, rho=10.0))
@@ -397,8 +397,8 @@ def test_loss_free_control_coupled_adam_is_bounded_by_the_learning_rate_sum():
 
 @pytest.mark.slow
 def test_admm_run_records_z_mask_distances_and_the_loss_free_control(tmp_path, glue_dir):
-    from nxmlab.study.recipe import run_experiment
-    from nxmlab.study.store import RunFolder
+    from nxmlab.study.train.recipe import run_experiment
+    from nxmlab.study.results.store import RunFolder
 
     spec = _tiny_run(tmp_path, glue_dir, decoupled_penalty=True, rho=10.0)
     metrics = run_experiment(spec)
@@ -428,7 +428,7 @@ def _updates_spec(**overrides):
 
 
 def test_updates_per_epoch_sets_the_interval_and_excludes_admm_interval():
-    from nxmlab.study.hooks import ADMMHooks
+    from nxmlab.study.train.hooks import ADMMHooks
 
     spec = _updates_spec(admm_updates_per_epoch=5)
     assert spec.canonical()["admm_updates_per_epoch"] == 5
@@ -473,10 +473,10 @@ def test_quick_schedule_drives_flips_to_zero_and_the_distance_below_1e_3(scope):
 def test_backfilled_loss_free_control_equals_the_one_recorded_at_the_end_of_the_run(tmp_path, glue_dir):
     import pandas as pd
 
-    from nxmlab.study.convergence import backfill_loss_free, load_convergence, load_updates
-    from nxmlab.study.runs import preset_runs
-    from nxmlab.study.recipe import run_experiment
-    from nxmlab.study.store import RunFolder
+    from nxmlab.study.studies.convergence import backfill_loss_free, load_convergence, load_updates
+    from nxmlab.study.studies.runs import preset_runs
+    from nxmlab.study.train.recipe import run_experiment
+    from nxmlab.study.results.store import RunFolder
 
     runs = preset_runs("smoke", "convergence", str(tmp_path), str(glue_dir))
     assert len(runs) == 2
@@ -519,7 +519,7 @@ def test_decoupled_step_on_pruned_positions_leaves_the_kept_ones_to_the_optimize
 def test_choose_default_compares_losses_on_the_shared_task_among_converged_variants():
     import pandas as pd
 
-    from nxmlab.study.convergence import choose_default
+    from nxmlab.study.studies.convergence import choose_default
 
     conv = pd.DataFrame({
         "variant": ["a", "a", "b", "c", "c"], "task": ["mrpc", "stsb", "mrpc", "mrpc", "stsb"],
@@ -533,7 +533,7 @@ def test_choose_default_compares_losses_on_the_shared_task_among_converged_varia
 def test_choose_default_without_logged_losses_picks_nothing():
     import pandas as pd
 
-    from nxmlab.study.convergence import choose_default
+    from nxmlab.study.studies.convergence import choose_default
 
     conv = pd.DataFrame({"variant": ["a"], "task": ["rte"], "converged": [True], "train_loss": [None]})
     chosen, table = choose_default(conv)

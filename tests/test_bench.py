@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bench import BENCHMARKS
-from nxmlab.study.cost import GLUE_TRAIN_SIZES, project_preset_seconds
-from nxmlab.study.runs import preset_runs
+from nxmlab.study.studies.cost import GLUE_TRAIN_SIZES, project_preset_seconds
+from nxmlab.study.studies.runs import preset_runs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MACHINE_KEYS = {"cpu_count", "platform", "torch", "torch_threads", "date_utc", "cpu_model", "python"}
@@ -155,8 +155,8 @@ def test_padding_json(quick_padding):
 
 
 def test_project_preset_seconds_by_hand():
-    from nxmlab.study.presets import get_preset
-    from nxmlab.study.runs import preset_runs
+    from nxmlab.study.studies.presets import get_preset
+    from nxmlab.study.studies.runs import preset_runs
 
     smoke = get_preset("smoke")  # rte + stsb, 1 epoch + 1 retrain, batch 8, train_limit 32, eval_limit 16
     sps = {t: {"dense": 1.0, "admm": 2.0, "fixed": 3.0, "kd_extra": 10.0} for t in ("rte", "stsb")}
@@ -204,8 +204,8 @@ def test_cli_rejects_unknown_benchmark():
 def test_live_projection_costs_the_preset_from_the_committed_store():
     """`nxmlab reproduce --dry-run`'s hours: the store's own step times; every run of the n:m
     sweep is costed, and finished runs (by folder, pattern included) cost nothing."""
-    from nxmlab.study.cost import live_projection
-    from nxmlab.study.runs import preset_runs
+    from nxmlab.study.studies.cost import live_projection
+    from nxmlab.study.studies.runs import preset_runs
 
     results = Path(__file__).resolve().parents[1] / "results"
     proj = live_projection("baselines", results, ["table", "patterns"])
@@ -221,7 +221,7 @@ def test_live_projection_costs_the_preset_from_the_committed_store():
 
 
 def test_median_polish_recovers_an_additive_table_despite_one_aberrant_cell():
-    from nxmlab.study.cost import median_polish
+    from nxmlab.study.studies.cost import median_polish
 
     rows, cols = {"a": 0.0, "b": 1.0, "c": 2.0}, {"x": 0.0, "y": 0.5, "z": 3.0}
     cells = {(r, c): rv + cv for r, rv in rows.items() for c, cv in cols.items()}
@@ -235,7 +235,7 @@ def test_median_polish_recovers_an_additive_table_despite_one_aberrant_cell():
 def test_store_step_table_replaces_contended_cells_and_fills_missing_kinds(monkeypatch):
     """A (task, kind) timed while the cores were shared (5x the two-way fit) is replaced by
     the fit; a kind a task never ran is fitted; clean cells keep their store median."""
-    import nxmlab.study.cost as sc
+    import nxmlab.study.studies.cost as sc
 
     task_f = {"cola": 0.2, "mrpc": 0.8, "rte": 1.2}
     kind_f = {"dense": 1.0, "admm": 1.2, "fixed": 1.1, "fixed+kd": 1.4}

@@ -57,7 +57,7 @@ def test_train_help_is_cached_and_then_answers_without_torch(tmp_path):
     second, again = _probe(["train", "--help"], env)
     assert second["code"] == 0 and second["heavy"] == [] and second["seconds"] < 1.5, second
     assert again == text
-    from nxmlab.study.cli import _train_parser
+    from nxmlab.study.cli.commands import _train_parser
 
     os.environ["COLUMNS"], columns = "100", os.environ.get("COLUMNS")
     try:
@@ -100,7 +100,9 @@ def test_public_names_still_import_from_the_package():
 
 
 def test_the_catalog_matches_its_sources():
-    from nxmlab.study import catalog, exporting, presets, reproduce
+    from nxmlab.study import catalog
+    from nxmlab.study.cli import exporting, reproduce
+    from nxmlab.study.studies import presets
 
     assert catalog.PRESET_NAMES == tuple(presets.PRESETS)
     assert reproduce.NOTEBOOKS is catalog.NOTEBOOKS and exporting.DTYPES is catalog.DTYPES
@@ -109,7 +111,7 @@ def test_the_catalog_matches_its_sources():
 def test_a_launch_sets_find_unused_parameters_off_unless_asked(monkeypatch):
     import torch
 
-    from nxmlab.study import distributed
+    from nxmlab.study.train import distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -128,13 +130,13 @@ def test_a_launch_sets_find_unused_parameters_off_unless_asked(monkeypatch):
 def test_ddp_is_announced_once_by_rank_0(monkeypatch, caplog):
     from transformers.training_args import ParallelMode
 
-    from nxmlab.study import distributed
+    from nxmlab.study.train import distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(distributed, "_announced", set())
     args = types.SimpleNamespace(parallel_mode=ParallelMode.DISTRIBUTED, world_size=2, ddp_backend="gloo",
                                  use_cpu=True, per_device_train_batch_size=8, gradient_accumulation_steps=2)
-    with caplog.at_level(logging.INFO, logger="nxmlab.study.distributed"):
+    with caplog.at_level(logging.INFO, logger="nxmlab.study.train.distributed"):
         for rank in ("0", "0", "1"):  # a dense run then the sparse run on rank 0; rank 1 is quiet
             monkeypatch.setenv("RANK", rank)
             assert distributed.check_launch(args) == 2

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
-from nxmlab.study import distributed
+from nxmlab.study.train import distributed
 from nxmlab.study.cli import main
-from nxmlab.study.config import NxMTrainingArguments, RunConfig, RunSpec
-from nxmlab.study.store import RunFolder, cache_root, load_masks, read_jsonl
+from nxmlab.study.train.config import NxMTrainingArguments, RunConfig, RunSpec
+from nxmlab.study.results.store import RunFolder, cache_root, load_masks, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "_ddp_worker.py"

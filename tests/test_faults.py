@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from nxmlab.study.cli import main
-from nxmlab.study.store import RunFolder, read_json
+from nxmlab.study.results.store import RunFolder, read_json
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -219,7 +219,7 @@ def test_a_parser_error_is_one_line_pointing_to_help(case, store, glue_dir, caps
 
 
 def test_text_that_means_false_is_false(tmp_path):
-    from nxmlab.study.config import RunSpec, load_config_file
+    from nxmlab.study.train.config import RunSpec, load_config_file
 
     config = tmp_path / "c.yaml"
     config.write_text('task: rte\nmethod: magnitude\nmodel: tiny\nkd: "false"\ntrain_only_targets: "no"\n'
@@ -233,13 +233,13 @@ def test_text_that_means_false_is_false(tmp_path):
 
 @pytest.mark.parametrize("value", ["no", "false", "0"])
 def test_notebook_train_parameter_text_means_false(value, tmp_path, monkeypatch):
-    from nxmlab.study.notebook import run_study
-    from nxmlab.study.verify import EmptyStoreError
+    from nxmlab.study.studies.notebook import run_study
+    from nxmlab.study.results.verify import EmptyStoreError
 
     def trained(*args, **kwargs):
         raise AssertionError("trained with train=" + value)
 
-    monkeypatch.setattr("nxmlab.study.recipe.run_experiment", trained)
+    monkeypatch.setattr("nxmlab.study.train.recipe.run_experiment", trained)
     with pytest.raises(EmptyStoreError, match="nothing to show: results folder .* does not exist"):  # refused
         run_study("smoke", "table", tmp_path / "results", train=value, log=None)
     assert not (tmp_path / "results").exists()
@@ -247,8 +247,8 @@ def test_notebook_train_parameter_text_means_false(value, tmp_path, monkeypatch)
 
 def test_notebook_parameters_that_are_not_values_are_refused(tmp_path):
     from nxmlab.study.inputs import InputError
-    from nxmlab.study.notebook import run_study, setup
-    from nxmlab.study.reproduce import reproduce
+    from nxmlab.study.studies.notebook import run_study, setup
+    from nxmlab.study.cli.reproduce import reproduce
 
     with pytest.raises(InputError, match="train must be true or false, got 'maybe'"):
         run_study("smoke", "table", tmp_path / "results", train="maybe", log=None)
@@ -291,7 +291,7 @@ def test_a_truncated_parquet_file_is_one_line_without_datasets_noise(store, mirr
     """datasets used to log the damaged file twice (ERROR) before nxmlab's own one-line message."""
     import logging
 
-    from nxmlab.study.data import load_glue
+    from nxmlab.study.data.glue import load_glue
 
     path = mirror / "rte" / "validation.parquet"
     _truncate(path)
@@ -340,7 +340,7 @@ def test_table_skips_a_damaged_run_and_names_its_file(case, store, capsys, caplo
 
 @pytest.mark.parametrize("case", list(DAMAGE), ids=list(DAMAGE))
 def test_verify_and_reproduce_name_a_damaged_file(case, store, tmp_path, capsys):
-    from nxmlab.study.reproduce import DamagedStoreError, reproduce
+    from nxmlab.study.cli.reproduce import DamagedStoreError, reproduce
 
     root, _ = store
     name, damage = DAMAGE[case]
@@ -387,7 +387,7 @@ def test_overwrite_replaces_a_damaged_result_and_leaves_no_staging(store, glue_d
 KILL_OVERWRITE = textwrap.dedent("""
     import os, signal, sys
     from transformers import TrainerCallback
-    import nxmlab.study.recipe as recipe
+    import nxmlab.study.train.recipe as recipe
     from nxmlab.study.cli import main
 
     class Stop(TrainerCallback):
@@ -455,7 +455,7 @@ class Interrupt:
         self.callback = Stop()
 
     def install(self, monkeypatch) -> None:
-        import nxmlab.study.recipe as recipe
+        import nxmlab.study.train.recipe as recipe
 
         init = recipe._Run.__init__
         monkeypatch.setattr(recipe._Run, "__init__",
@@ -500,7 +500,7 @@ def test_sigint_is_one_line_and_resume_falls_back_past_a_checkpoint_that_does_no
 
 
 def test_files_follow_the_process_umask(base, tmp_path):
-    from nxmlab.study.store import atomic_write
+    from nxmlab.study.results.store import atomic_write
 
     old = os.umask(0o002)
     try:
@@ -576,8 +576,8 @@ def test_reproduce_defaults_to_the_repositorys_folders_from_any_directory(tmp_pa
 
 @pytest.mark.parametrize("call", ["run_study", "setup"])
 def test_notebooks_without_training_refuse_an_empty_store(call, tmp_path, capsys):
-    from nxmlab.study import notebook
-    from nxmlab.study.verify import EmptyStoreError
+    from nxmlab.study.studies import notebook
+    from nxmlab.study.results.verify import EmptyStoreError
 
     results = tmp_path / "results"
     results.mkdir()
@@ -712,7 +712,7 @@ def test_an_undefined_correlation_is_stored_as_missing_and_footnoted(store, glue
 
 
 def test_missing_scores_never_enter_an_average():
-    from nxmlab.study.frames import glue_table, seed_summary
+    from nxmlab.study.results.frames import glue_table, seed_summary
 
     rows = [{"run": f"{t}/{s}", "task": t, "label": "dense", "seed": s, "rho": None, "score": v, "setting": "{}"}
             for t, s, v in [("rte", 1, 60.0), ("stsb", 1, float("nan")), ("rte", 2, 70.0), ("stsb", 2, 80.0)]]
@@ -726,7 +726,7 @@ def test_missing_scores_never_enter_an_average():
 
 # ------------------------------------------------------------------- 5. system faults
 def _fail_writing(name: str, error: BaseException):
-    from nxmlab.study import store as store_module
+    from nxmlab.study.results import store as store_module
 
     real = store_module.atomic_write
 
@@ -759,7 +759,7 @@ FAULTS = {  # the file whose write fails, the error, message
 
 @pytest.mark.parametrize("case", list(FAULTS), ids=list(FAULTS))
 def test_system_faults_are_one_line_and_nothing_is_lost(case, store, glue_dir, capsys, monkeypatch):
-    from nxmlab.study import store as store_module
+    from nxmlab.study.results import store as store_module
 
     root, before = store
     name, error, message = FAULTS[case]
@@ -800,7 +800,7 @@ def test_torch_failing_to_write_a_checkpoint_is_one_line(store, glue_dir, capsys
 
 @pytest.mark.parametrize("what", ["weights", "tokenizer"])
 def test_a_corrupt_model_folder_is_named(what, store, glue_dir, tmp_path, capsys):
-    from nxmlab.study.models import load_tokenizer
+    from nxmlab.study.data.models import load_tokenizer
 
     root, before = store
     model = tmp_path / "model"
@@ -1067,7 +1067,7 @@ def test_export_rebuild_shows_its_progress(store, tmp_path, capsys):
 def test_progress_lines_every_n_steps():
     from types import SimpleNamespace
 
-    from nxmlab.study.progress import ProgressLines
+    from nxmlab.study.train.progress import ProgressLines
 
     lines: list[str] = []
     progress = ProgressLines(every=4, write=lines.append)
@@ -1088,7 +1088,8 @@ def test_progress_lines_every_n_steps():
 # ----------------------------------------------------------------------- 7. figures
 def test_a_figure_drawn_after_training_equals_its_redraw_from_the_committed_files(base, tmp_path):
     """weight_magnitudes from the run's own process equals the one redrawn from a copy without the cache."""
-    from nxmlab.study import frames, plots
+    from nxmlab.study import plots
+    from nxmlab.study.results import frames
 
     plots.set_style()
     drawn = plots.plot_magnitudes(plots.load_magnitudes(frames.load_scores(base / "results")))

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from nxmlab.study.cli import main
-from nxmlab.study.frames import (
+from nxmlab.study.results.frames import (
     SCORE_COLUMNS,
     format_claims,
     glue_table,
@@ -17,7 +17,7 @@ from nxmlab.study.frames import (
     seed_summary,
     to_markdown,
 )
-from nxmlab.study.store import STORE_VERSION
+from nxmlab.study.results.store import STORE_VERSION
 
 
 def _row(label, task, seed, score, epochs=3.0, rho=None):

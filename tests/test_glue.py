@@ -1,4 +1,4 @@
-"""Tests for nxmlab.study.data on the offline Parquet mirror (a few dozen rows per split)."""
+"""Tests for nxmlab.study.data.glue on the offline Parquet mirror (a few dozen rows per split)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from nxmlab.study.data import GLUE_DIR_ENV, GLUE_TASKS, get_task, load_glue, resolve_glue_dir, tokenize_glue
+from nxmlab.study.data.glue import GLUE_DIR_ENV, GLUE_TASKS, get_task, load_glue, resolve_glue_dir, tokenize_glue
 
 COMPLETE = ["cola", "sst2", "mrpc", "stsb", "rte", "wnli"]
 N = 24

@@ -18,10 +18,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from nxmlab.study import notebook
-from nxmlab.study.presets import get_preset
-from nxmlab.study.runs import preset_runs
-from nxmlab.study.reproduce import NOTEBOOKS, notebook_dir
+from nxmlab.study.studies import notebook
+from nxmlab.study.studies.presets import get_preset
+from nxmlab.study.studies.runs import preset_runs
+from nxmlab.study.cli.reproduce import NOTEBOOKS, notebook_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def no_training(monkeypatch):
     def refuse(spec):
         raise AssertionError(f"trained {spec.folder().name}")
 
-    monkeypatch.setattr("nxmlab.study.recipe.run_experiment", refuse)
+    monkeypatch.setattr("nxmlab.study.train.recipe.run_experiment", refuse)
 
 
 def _other_finished_run(results: Path) -> None:
@@ -142,11 +142,11 @@ def test_lab_extra_has_ipywidgets_and_dev_has_playwright():
 
 def test_reproduce_trains_unless_told_not_to(tmp_path, monkeypatch):
     """The notebooks default to train=False; ``nxmlab reproduce`` passes True unless --no-train."""
-    from nxmlab.study import reproduce as rep
+    from nxmlab.study.cli import reproduce as rep
 
     seen = []
     monkeypatch.setattr(rep, "execute_notebook", lambda name, out, params, *a, **k: seen.append(params) or out)
-    monkeypatch.setattr("nxmlab.study.verify.require_finished_runs", lambda *a, **k: None)  # an empty store
+    monkeypatch.setattr("nxmlab.study.results.verify.require_finished_runs", lambda *a, **k: None)  # an empty store
     rep.reproduce("smoke", tmp_path / "r", tmp_path / "f", notebooks="glue_table", output_root=tmp_path, echo=str)
     rep.reproduce("smoke", tmp_path / "r", tmp_path / "f", notebooks="glue_table", output_root=tmp_path,
                   parameters={"train": False}, echo=str)

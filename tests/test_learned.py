@@ -17,8 +17,8 @@ from torch import nn
 from nxmlab import LearnedMasks, MaskSchedule, candidate_masks, gumbel_soft_mask, kept_weight_norm, prior_gates
 from nxmlab.learned import GATE
 from nxmlab.nxm import NxM, is_nxm, nxm_mask
-from nxmlab.study.config import NxMTrainingArguments, RunConfig, RunSpec
-from nxmlab.study.methods import LEARNED, get_method
+from nxmlab.study.train.config import NxMTrainingArguments, RunConfig, RunSpec
+from nxmlab.study.train.methods import LEARNED, get_method
 from nxmlab.targets import select_targets
 
 from ._tiny import toy_batch, toy_bert
@@ -316,8 +316,8 @@ def test_fp16_is_refused_with_the_regulariser_only():
 @pytest.mark.parametrize("label", ["learned", "learned+kd"])
 def test_matched_budget_of_the_cpu_preset(label):
     """Budget 3 passes: dense 2 epochs + learning 0.5 + masked fine-tuning 0.5."""
-    from nxmlab.study.presets import get_preset
-    from nxmlab.study.runs import make_run
+    from nxmlab.study.studies.presets import get_preset
+    from nxmlab.study.studies.runs import make_run
 
     spec = make_run(get_preset("cpu"), "mrpc", label, 42)
     assert spec.method.budget_passes(spec) == 3.0
@@ -332,8 +332,8 @@ def test_matched_budget_of_the_cpu_preset(label):
 def test_every_committed_run_still_maps_to_its_folder():
     """The new options never enter another method's identity: every committed config.json
     round-trips through RunConfig and names its own folder."""
-    from nxmlab.study.exporting import run_arguments
-    from nxmlab.study.store import iter_runs
+    from nxmlab.study.cli.exporting import run_arguments
+    from nxmlab.study.results.store import iter_runs
 
     results = Path(__file__).resolve().parents[1] / "results"
     runs = list(iter_runs(results))
@@ -373,7 +373,7 @@ def store(tmp_path_factory, glue_dir):
 
 
 def _run(store: Path, label: str):
-    from nxmlab.study.store import RunFolder
+    from nxmlab.study.results.store import RunFolder
 
     (path,) = [p for p in (store / "results" / "rte").iterdir() if p.name.startswith(f"{label}-4x2")]
     return RunFolder.at(path)
@@ -382,7 +382,7 @@ def _run(store: Path, label: str):
 @pytest.mark.slow
 @pytest.mark.parametrize("label", ["learned", "learned+kd"])
 def test_cli_trains_learned_with_and_without_kd(store, label):
-    from nxmlab.study.store import RunFolder, load_masks
+    from nxmlab.study.results.store import RunFolder, load_masks
 
     run, dense = _run(store, label), _run_dense(store)
     metrics = run.metrics()
@@ -410,14 +410,14 @@ def test_cli_trains_learned_with_and_without_kd(store, label):
     assert trajectory[0]["tau"] == 4.0 and trajectory[-1]["tau"] < trajectory[0]["tau"]
     assert trajectory[-1]["scale"] > trajectory[0]["scale"] and trajectory[-1]["reg"] < trajectory[0]["reg"]
     assert set(run.read_frame(RunFolder.MASK_DISTANCES)["reference"]) == {"pretrained_magnitude", "dense_magnitude"}
-    from nxmlab.study.exporting import run_arguments
+    from nxmlab.study.cli.exporting import run_arguments
 
     cfg, args = run_arguments(run.config(), run.results_dir)  # the stored identity round-trips (export --rebuild)
     assert RunSpec.parse(cfg, args).folder().name == run.name
 
 
 def _run_dense(store: Path):
-    from nxmlab.study.store import RunFolder
+    from nxmlab.study.results.store import RunFolder
 
     (path,) = [p for p in (store / "results" / "rte").iterdir() if p.name.startswith("dense-")]
     return RunFolder.at(path)
@@ -436,11 +436,11 @@ def test_resume_after_interrupt_matches_uninterrupted(store, tmp_path, glue_dir,
     """Killed during the learning phase (the gates and their Adam state come back from Trainer's
     checkpoint) or after it (the prune reads the saved argmax masks): bit-identical to the run
     that was never interrupted."""
-    from nxmlab.study.recipe import run_experiment
+    from nxmlab.study.train.recipe import run_experiment
 
     from .test_recipes import Interrupt, Interrupted
 
-    from nxmlab.study.store import CACHE_ENV
+    from nxmlab.study.results.store import CACHE_ENV
 
     if os.environ.get(CACHE_ENV):
         pytest.skip(f"{CACHE_ENV} is set: the copied store would share its cache with the original")
@@ -465,7 +465,7 @@ def test_resume_after_interrupt_matches_uninterrupted(store, tmp_path, glue_dir,
 @pytest.mark.slow
 def test_sparsegpt_prior_is_the_sparsegpt_mask_and_joint_training_moves_the_weights(store, glue_dir):
     from nxmlab.study.cli import main
-    from nxmlab.study.store import load_masks
+    from nxmlab.study.results.store import load_masks
 
     assert main(["train", *_argv(store, glue_dir, "--method", "sparsegpt", "--calibration_examples", "16")]) == 0
     assert main(["train", *_argv(store, glue_dir, "--method", "learned", "--mask_prior", "sparsegpt",
@@ -473,7 +473,7 @@ def test_sparsegpt_prior_is_the_sparsegpt_mask_and_joint_training_moves_the_weig
     sparsegpt = load_masks(_run(store, "sparsegpt").masks_file, "final")["final"]
     runs = [r for r in (store / "results" / "rte").iterdir() if r.name.startswith("learned-4x2")]
     (joint,) = [r for r in runs if '"mask_prior": "sparsegpt"' in (r / "config.json").read_text()]
-    from nxmlab.study.store import RunFolder
+    from nxmlab.study.results.store import RunFolder
 
     joint = RunFolder.at(joint)
     prior = torch.load(joint.learned_state, weights_only=True)["prior"]

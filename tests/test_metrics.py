@@ -1,4 +1,4 @@
-"""Tests for nxmlab.study.metrics against values worked out by hand."""
+"""Tests for nxmlab.study.data.metrics against values worked out by hand."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from nxmlab.study.data import GLUE_TASKS
-from nxmlab.study.metrics import compute_metrics_fn, glue_metrics, glue_score
+from nxmlab.study.data.glue import GLUE_TASKS
+from nxmlab.study.data.metrics import compute_metrics_fn, glue_metrics, glue_score
 
 # 7 binary examples: TP = 3 (rows 0, 2, 6), FP = 1 (row 1), FN = 1 (row 3), TN = 2 (rows 4, 5).
 PRED_IDS = np.array([1, 1, 1, 0, 0, 0, 1])
@@ -83,7 +83,7 @@ def test_stsb_pearson_spearman_by_hand():
 
 
 def test_stsb_undefined_correlation_is_nan_with_a_reason_not_zero():
-    from nxmlab.study.metrics import missing_reasons
+    from nxmlab.study.data.metrics import missing_reasons
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")

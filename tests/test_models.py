@@ -1,4 +1,4 @@
-"""Tests for nxmlab.study.models: aliases, path resolution, the tiny model, the offline MiniLM."""
+"""Tests for nxmlab.study.data.models: aliases, path resolution, the tiny model, the offline MiniLM."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nxmlab.study.data import load_glue, tokenize_glue
-from nxmlab.study.models import MODEL_ALIASES, TINY_CONFIG, build_tiny_model, load_model_and_tokenizer, resolve_model
+from nxmlab.study.data.glue import load_glue, tokenize_glue
+from nxmlab.study.data.models import MODEL_ALIASES, TINY_CONFIG, build_tiny_model, load_model_and_tokenizer, resolve_model
 
 # Linear layers per encoder block, as named by transformers' BERT (checked for v5).
 BERT_LINEARS = (

@@ -14,7 +14,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from nxmlab.study.reproduce import NOTEBOOKS, execute_notebook, notebook_dir, reproduce, venv_kernel
+from nxmlab.study.cli.reproduce import NOTEBOOKS, execute_notebook, notebook_dir, reproduce, venv_kernel
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ SETUP = ("P, results_dir, figures_dir, train = notebook.setup(preset, results_di
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_source_notebooks_are_thin_and_cleared(name):
-    """Sources carry no outputs; a parameters cell, then one setup call into nxmlab.study.notebook."""
+    """Sources carry no outputs; a parameters cell, then one setup call into nxmlab.study.studies.notebook."""
     nb = nbformat.read(notebook_dir() / f"{name}.ipynb", as_version=4)
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]

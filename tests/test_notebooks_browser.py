@@ -30,7 +30,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from nxmlab.study.reproduce import notebook_dir
+from nxmlab.study.cli.reproduce import notebook_dir
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""nxmlab.study.plots and nxmlab.study.maskplots: on a small real store (the smoke preset,
+"""nxmlab.study.plots and nxmlab.study.plots.masks: on a small real store (the smoke preset,
 with its cache deleted: figures only read committed files) and on synthetic frames."""
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from nxmlab.study import frames, maskplots, plots  # noqa: E402
-from nxmlab.study.methods import parse_label  # noqa: E402
+from nxmlab.study import plots  # noqa: E402
+from nxmlab.study.plots import masks as maskplots  # noqa: E402
+from nxmlab.study.results import frames  # noqa: E402
+from nxmlab.study.train.methods import parse_label  # noqa: E402
 
 Q0 = "bert.encoder.layer.0.attention.self.query"
 F1 = "bert.encoder.layer.1.intermediate.dense"
@@ -46,9 +48,9 @@ def store(tmp_path_factory, glue_dir, smoke_store):
     is deleted afterwards, so every figure drawn from this store is drawn from committed
     files only.
     """
-    from nxmlab.study.notebook import run_study
-    from nxmlab.study.presets import get_preset
-    from nxmlab.study.store import cache_root
+    from nxmlab.study.studies.notebook import run_study
+    from nxmlab.study.studies.presets import get_preset
+    from nxmlab.study.results.store import cache_root
 
     results = tmp_path_factory.mktemp("plots") / "results"
     shared = smoke_store[0] / "results"
@@ -401,7 +403,7 @@ def test_cross_run_comparisons_on_synthetic_samples():
 def test_density_frame_and_figure_of_the_pattern_sweep():
     import pandas as pd
 
-    from nxmlab.study.sweepplots import density_frame, plot_density
+    from nxmlab.study.plots.sweeps import density_frame, plot_density
 
     scores = pd.DataFrame({
         "task": ["mrpc"] * 5, "label": ["magnitude", "magnitude", "magnitude", "admm", "dense"],
@@ -421,8 +423,8 @@ def test_density_frame_and_figure_of_the_pattern_sweep():
 def test_pattern_comparisons_pair_longer_groups_and_the_unstructured_reference(tmp_path):
     import pandas as pd
 
-    from nxmlab.study.statplots import write_differences
-    from nxmlab.study.sweepplots import pattern_comparisons
+    from nxmlab.study.plots.stats import write_differences
+    from nxmlab.study.plots.sweeps import pattern_comparisons
 
     scores = pd.DataFrame({
         "task": ["mrpc"] * 7,
@@ -454,7 +456,7 @@ def test_pattern_comparisons_pair_longer_groups_and_the_unstructured_reference(t
 def test_forest_plot_draws_each_interval_and_the_seed_range_of_pooled_rows():
     import matplotlib.pyplot as plt
 
-    from nxmlab.study.statplots import plot_forest
+    from nxmlab.study.plots.stats import plot_forest
 
     cols = ["comparison", "a", "b", "task", "tasks", "seeds", "n_seeds", "diff", "ci_low", "ci_high", "verdict",
             "seed_min", "seed_max"]
@@ -486,8 +488,8 @@ def test_forest_plot_draws_each_interval_and_the_seed_range_of_pooled_rows():
 
 
 def test_claims_table_answers_each_claim_on_its_average_row(tmp_path):
-    from nxmlab.study.statplots import ANSWERS, claims_table, write_differences
-    from nxmlab.study.stats import COMPARISONS
+    from nxmlab.study.plots.stats import ANSWERS, claims_table, write_differences
+    from nxmlab.study.results.stats import COMPARISONS
 
     cols = ["comparison", "a", "b", "task", "tasks", "seeds", "n_seeds", "diff", "ci_low", "ci_high", "verdict",
             "seed_min", "seed_max"]

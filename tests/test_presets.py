@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from nxmlab.study.cli import main
-from nxmlab.study.config import NxMTrainingArguments, RunConfig, RunSpec
-from nxmlab.study.methods import METHODS
-from nxmlab.study.presets import PRESETS, Preset, get_preset, parse_label, resolve_preset
-from nxmlab.study.runs import preset_runs
-from nxmlab.study.reproduce import NOTEBOOKS, notebook_dir, plan
-from nxmlab.study.store import atomic_write_json
+from nxmlab.study.train.config import NxMTrainingArguments, RunConfig, RunSpec
+from nxmlab.study.train.methods import METHODS
+from nxmlab.study.studies.presets import PRESETS, Preset, get_preset, parse_label, resolve_preset
+from nxmlab.study.studies.runs import preset_runs
+from nxmlab.study.cli.reproduce import NOTEBOOKS, notebook_dir, plan
+from nxmlab.study.results.store import atomic_write_json
 
 # (table runs, rho-sweep runs, all runs deduplicated)
 EXPECTED = {"smoke": (12, 3, 25), "quick": (6, 0, 6), "baselines": (21, 0, 41), "convergence": (3, 3, 18), "cpu": (120, 0, 188), "paper": (40, 6, 44),
@@ -217,7 +217,7 @@ def test_plan_counts_finished_runs(tmp_path):
 def test_venv_kernel_runs_this_interpreter_and_restores_the_environment(monkeypatch):
     from jupyter_client.kernelspec import KernelSpecManager
 
-    from nxmlab.study.reproduce import venv_kernel
+    from nxmlab.study.cli.reproduce import venv_kernel
 
     monkeypatch.setenv("JUPYTER_PATH", "/somewhere")
     with venv_kernel() as name:
@@ -245,7 +245,7 @@ def test_notebooks_declare_the_same_papermill_parameters(caplog):
 def test_dry_run_projects_wall_time_from_the_bench_json(tmp_path):
     import json
 
-    from nxmlab.study.reproduce import projected_cost
+    from nxmlab.study.studies.cost import projected_cost
 
     assert projected_cost("quick", tmp_path / "absent.json") == []
     cost = {"machine": {"date_utc": "2026-01-02T00:00:00", "cpu_count": 2, "torch_threads": 1},
@@ -312,7 +312,7 @@ def test_paper_preset_is_the_authors_setting():
 def test_tuning_study_is_the_dense_grid_and_choose_dense_picks_the_best_complete_point(tmp_path):
     import pandas as pd
 
-    from nxmlab.study.tuning import choose_dense, load_tuning
+    from nxmlab.study.studies.tuning import choose_dense, load_tuning
 
     quick = get_preset("cpu")
     runs = preset_runs(quick, "tuning", str(tmp_path))
@@ -326,7 +326,7 @@ def test_tuning_study_is_the_dense_grid_and_choose_dense_picks_the_best_complete
     chosen = table[table["chosen"]]
     assert list(chosen["learning_rate"]) == [2e-5]  # 1e-4 scored higher, but with one seed only
     assert table.set_index("learning_rate").loc[2e-5, "mean"] == 61
-    from nxmlab.study.tuning import chosen_settings, plot_tuning, write_tuning
+    from nxmlab.study.studies.tuning import chosen_settings, plot_tuning, write_tuning
 
     assert chosen_settings(table) == {"rte": {"learning_rate": 2e-5, "num_train_epochs": 3.0, "score": 61.0}}
     csv, md = write_tuning(table, tmp_path / "figures")
@@ -339,7 +339,7 @@ def test_tuning_study_is_the_dense_grid_and_choose_dense_picks_the_best_complete
 def test_cpu_learning_rates_are_the_committed_tuning_sweeps_choice():
     """cpu's task_options hold what choose_dense picks from the committed dense grid (every
     point with both tuning seeds), so the powered study cannot drift from its own rule."""
-    from nxmlab.study.tuning import choose_dense, chosen_settings, load_tuning
+    from nxmlab.study.studies.tuning import choose_dense, chosen_settings, load_tuning
 
     cpu = get_preset("cpu")
     results = Path(__file__).resolve().parents[1] / "results"

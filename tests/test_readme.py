@@ -239,7 +239,7 @@ def module_constant(path: Path, name: str) -> str:
 
 
 def test_the_docs_quote_the_selection_rules():
-    package = REPO / "nxmlab" / "study"
+    package = REPO / "nxmlab" / "study" / "studies"
     rules = {"convergence.md": module_constant(package / "convergence.py", "DEFAULT_RULE"),
              "protocol.md": module_constant(package / "selection.py", "RULE")}
     for page, rule in rules.items():

@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from nxmlab.nxm import is_nxm
-from nxmlab.study.config import NxMTrainingArguments, RunConfig, RunSpec
-from nxmlab.study.recipe import run_experiment
-from nxmlab.study.timing import ELAPSED_FILE
-from nxmlab.study.store import RunFolder, config_hash, load_masks, read_json, read_jsonl
+from nxmlab.study.train.config import NxMTrainingArguments, RunConfig, RunSpec
+from nxmlab.study.train.recipe import run_experiment
+from nxmlab.study.train.timing import ELAPSED_FILE
+from nxmlab.study.results.store import RunFolder, config_hash, load_masks, read_json, read_jsonl
 from nxmlab.targets import select_targets
 
 pytestmark = pytest.mark.slow
@@ -56,8 +56,8 @@ def test_predictions_follow_the_glue_idx(tmp_path, glue_dir):
     STS-B: a float per example, so a wrong order cannot match by chance."""
     from transformers import AutoModelForSequenceClassification
 
-    from nxmlab.study.data import get_task, load_glue, tokenize_glue
-    from nxmlab.study.models import load_tokenizer
+    from nxmlab.study.data.glue import get_task, load_glue, tokenize_glue
+    from nxmlab.study.data.models import load_tokenizer
 
     cfg, args = make(tmp_path, glue_dir, task="stsb", method="dense", train_limit=8)
     args.num_train_epochs, args.per_device_eval_batch_size = 1, 4
@@ -260,8 +260,8 @@ def test_bad_config_fails_before_writing(tmp_path, glue_dir):
 
 
 def test_kd_needs_matching_teacher_labels(tmp_path, glue_dir):
-    from nxmlab.study.models import load_model_and_tokenizer
-    from nxmlab.study.recipe import _Run
+    from nxmlab.study.data.models import load_model_and_tokenizer
+    from nxmlab.study.train.recipe import _Run
 
     cfg, args = make(tmp_path, glue_dir, method="admm", kd=True)
     run = _Run(RunSpec.parse(cfg, args), [])

@@ -18,9 +18,9 @@ from transformers import TrainerCallback
 
 from nxmlab.study.cli import main
 from nxmlab.callbacks import NonFiniteError
-from nxmlab.study.recipe import run_experiment
-from nxmlab.study.store import RunFolder, load_masks, read_json
-from nxmlab.study.verify import verify_results
+from nxmlab.study.train.recipe import run_experiment
+from nxmlab.study.results.store import RunFolder, load_masks, read_json
+from nxmlab.study.results.verify import verify_results
 
 from .test_recipes import make, run_dir_for
 
@@ -55,7 +55,7 @@ def sandbox(tmp_path, glue_dir):
 def _save_model(folder: Path, num_labels: int, vocab_size: int | None = None) -> Path:
     from transformers import BertConfig, BertForSequenceClassification
 
-    from nxmlab.study.models import TINY_CONFIG, load_tokenizer
+    from nxmlab.study.data.models import TINY_CONFIG, load_tokenizer
 
     tok = load_tokenizer("tiny")
     config = BertConfig(vocab_size=vocab_size or tok.vocab_size, num_labels=num_labels, **TINY_CONFIG)
@@ -195,7 +195,7 @@ KILLER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     from transformers import TrainerCallback
-    from nxmlab.study.recipe import run_experiment
+    from nxmlab.study.train.recipe import run_experiment
     from tests.test_recipes import make
 
     results, glue, phase, step, event = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]

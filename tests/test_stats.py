@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nxmlab.study.metrics import glue_metrics
-from nxmlab.study.stats import COMPARISONS, Comparison, gold_labels, paired_bootstrap, verdict, weighted_scores
+from nxmlab.study.data.metrics import glue_metrics
+from nxmlab.study.results.stats import COMPARISONS, Comparison, gold_labels, paired_bootstrap, verdict, weighted_scores
 
 
 def _preds(task, rng, n):
@@ -113,7 +113,7 @@ def test_paired_bootstrap_refuses_two_runs_of_one_cell(tmp_path, glue_dir):
 def test_committed_scores_recompute_from_their_predictions(glue_dir):
     """Every committed run's score equals its GLUE score recomputed from predictions.parquet
     (`nxmlab verify results --rescore`)."""
-    from nxmlab.study.verify import verify_results
+    from nxmlab.study.results.verify import verify_results
     from tests.conftest import REPO_ROOT
 
     checks = verify_results(REPO_ROOT / "results", cache=False, rescore=True, glue_dir=str(glue_dir))
@@ -125,7 +125,7 @@ def test_rescore_catches_a_score_its_predictions_do_not_give(tmp_path, glue_dir)
     import json
     import shutil
 
-    from nxmlab.study.verify import verify_results
+    from nxmlab.study.results.verify import verify_results
     from tests.conftest import REPO_ROOT
 
     run = next(p.parent for p in sorted((REPO_ROOT / "results" / "rte").glob("dense-*/metrics.json")))

@@ -3,8 +3,8 @@
 ``nxmlab --help`` and ``nxmlab <verb> --help`` are built from this module alone (the
 standard library only), so that they answer at once; torch and transformers are imported
 inside the verbs.  :data:`NOTEBOOKS` and :data:`DTYPES` are defined here and re-exported by
-:mod:`~nxmlab.study.reproduce` and :mod:`~nxmlab.study.exporting`; :data:`PRESET_NAMES`
-mirrors :data:`nxmlab.study.presets.PRESETS` (``tests/test_cli.py`` checks that they agree).
+:mod:`~nxmlab.study.cli.reproduce` and :mod:`~nxmlab.study.cli.exporting`; :data:`PRESET_NAMES`
+mirrors :data:`nxmlab.study.studies.presets.PRESETS` (``tests/test_cli.py`` checks that they agree).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 __all__ = ["PRESET_NAMES", "NOTEBOOKS", "DTYPES", "repo_root", "resolve_dir"]
 
-#: The study presets' names, in :data:`nxmlab.study.presets.PRESETS` order.
+#: The study presets' names, in :data:`nxmlab.study.studies.presets.PRESETS` order.
 PRESET_NAMES: tuple[str, ...] = ("smoke", "quick", "baselines", "convergence", "cpu", "protocol", "paper")
 #: The study notebooks, in execution order (``nxmlab reproduce``).
 NOTEBOOKS: tuple[str, ...] = ("glue_table", "dense_tuning", "nm_sweep", "convergence", "rho_analysis",

@@ -117,7 +117,7 @@ def coerce(dtype: type, data: Mapping[str, Any], source: str | None = None,
     """Check and convert ``data`` against the fields of the dataclass ``dtype``.
 
     Args:
-        dtype: A dataclass type (e.g. :class:`~nxmlab.study.config.RunConfig`).
+        dtype: A dataclass type (e.g. :class:`~nxmlab.study.train.config.RunConfig`).
         data: ``{field name: value}``.
         source: Where the values came from, for messages (a file, "notebook parameters").
         allow_unknown: Pass keys that are not fields through unchanged (else refuse them).
@@ -218,7 +218,7 @@ def check_training_ranges(args: Any) -> None:
     ``data_seed``), an evaluation batch size below 1, ``max_steps`` other than -1 or a
     positive count, ``save_steps`` <= 0 (no checkpoint: nothing to resume from) and a
     negative ``dataloader_num_workers``.  (Learning rate, epochs, training batch size and
-    the other optimiser settings are checked by :class:`~nxmlab.study.config.RunSpec`.)
+    the other optimiser settings are checked by :class:`~nxmlab.study.train.config.RunSpec`.)
     """
     for name in ("seed", "data_seed"):
         value = _integer(args, name)
