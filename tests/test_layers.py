@@ -5,6 +5,7 @@ module far over 500 lines, and no branching on method names outside the registry
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -132,11 +133,151 @@ def test_the_bench_check_finds_a_bench_import(tmp_path):
     assert _bench_imports(module) == ["bench.study_cost", "bench", "bench.common"]
 
 
+#: The method registry: the one module that may branch on a method's name.
+REGISTRY = Path("study", "train", "methods.py")
+
+
 def test_no_branching_on_method_names_outside_the_registry():
+    assert (PACKAGE / REGISTRY).is_file()
     pattern = re.compile(r"method\s*==|method\s+in\s*\(|method\s*!=")
-    offenders = [f"{p.relative_to(PACKAGE.parent)}:{i}" for p in PACKAGE.rglob("*.py") if p.name != "methods.py"
+    offenders = [f"{p.relative_to(PACKAGE.parent)}:{i}" for p in PACKAGE.rglob("*.py")
+                 if p.relative_to(PACKAGE) != REGISTRY
                  for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not offenders, offenders
+
+
+# --- the study layer's folders (issue #30) ----------------------------------------------
+
+STUDY = PACKAGE / "study"
+FOLDERS = ("data", "train", "results", "studies", "plots", "cli")
+
+
+def test_the_study_layer_is_six_folders_and_two_shared_modules():
+    assert sorted(p.name for p in STUDY.iterdir() if p.is_dir() and p.name != "__pycache__") == sorted(FOLDERS)
+    assert sorted(p.name for p in STUDY.glob("*.py")) == ["__init__.py", "__main__.py", "catalog.py", "inputs.py"]
+    doc = (STUDY / "__init__.py").read_text()
+    for folder in FOLDERS:  # the map of the layer names every folder
+        assert f"``{folder}/``" in doc, folder
+
+
+def test_the_shared_modules_import_nothing_of_the_study():
+    """``catalog`` and ``inputs`` sit below every folder: the standard library only."""
+    graph = _graph()
+    for name in ("nxmlab.study.catalog", "nxmlab.study.inputs"):
+        assert not graph[name], (name, graph[name])
+
+
+#: The folders' order (``nxmlab/study/__init__.py``): a module imports its own folder or one ranked lower.
+RANKS = {"catalog": 0, "inputs": 0, "data": 1, "train": 2, "results": 2, "plots": 3, "studies": 4, "cli": 5,
+         "__main__": 6}
+
+
+def test_folders_import_down_their_order():
+    """cli -> studies -> plots -> train, results -> data -> inputs, catalog; ``train`` and
+    ``results`` use each other (the store, the registry), no other pair does."""
+    def part(module: str) -> str:
+        return module.split(".")[2]
+
+    graph = _graph()
+    study = [m for m in graph if m.startswith("nxmlab.study.")]
+    assert {part(m) for m in study} == set(RANKS)
+    upward = sorted(f"{a} -> {b}" for a in study for b in graph[a] if b.startswith("nxmlab.study.")
+                    and RANKS[part(b)] > RANKS[part(a)])
+    assert not upward, upward
+
+
+def test_every_nxmlab_import_names_a_module_that_exists():
+    """The old flat names still import (``nxmlab.study.MOVED``), but not from inside nxmlab:
+    there they would hide edges from the cycle check above."""
+    from nxmlab.study import MOVED
+
+    bad = []
+    for path in PACKAGE.rglob("*.py"):
+        for target in _imports(path):
+            where = PACKAGE.parent / Path(*target.split("."))
+            if not (where.with_suffix(".py").is_file() or (where / "__init__.py").is_file()):
+                bad.append(f"{path.relative_to(PACKAGE.parent)}: {target}")
+        package = _module(path) if path.name == "__init__.py" else _module(path).rpartition(".")[0]
+        for node in _nodes(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = package.split(".")[: len(package.split(".")) - max(node.level - 1, 0)] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            old = {a.name for a in node.names} & set(MOVED)
+            if target == "nxmlab.study" and old:
+                bad.append(f"{path.relative_to(PACKAGE.parent)}: from nxmlab.study import {sorted(old)}")
+    assert not bad, bad
+
+
+def test_only_the_plots_folder_draws():
+    """A figure is drawn in ``study/plots/`` (the answer to "where is that plot?")."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.is_relative_to(STUDY / "plots"):
+            continue
+        for node in _nodes(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(PACKAGE.parent)}: {n}" for n in names
+                          if n.split(".")[0] in ("matplotlib", "seaborn")]
+    assert not offenders, offenders
+
+
+def test_old_flat_names_are_the_moved_modules():
+    """``from nxmlab.study import frames``, ``import nxmlab.study.frames`` and ``from
+    nxmlab.study.store import RunFolder`` keep working after the regrouping, as the same
+    module objects, each keeping its own name and spec."""
+    import importlib
+
+    import nxmlab.study as study
+
+    assert len(study.MOVED) == 28  # with data, plots and cli (folders now): nxmlab 0.2's 33 modules
+    for old, new in study.MOVED.items():
+        module = importlib.import_module(f"nxmlab.study.{new}")
+        exec(f"from nxmlab.study import {old} as imported", namespace := {})
+        assert namespace["imported"] is module and getattr(study, old) is module, old
+        assert importlib.import_module(f"nxmlab.study.{old}") is module, old
+        assert module.__spec__.name == module.__name__ == f"nxmlab.study.{new}", old
+    from nxmlab.study.results.store import RunFolder
+    from nxmlab.study.store import RunFolder as Old
+
+    assert Old is RunFolder
+
+
+def test_import_nxmlab_study_imports_no_module_until_asked():
+    code = ("import sys, nxmlab.study; before = sorted(m for m in sys.modules if m.startswith('nxmlab.study.')); "
+            "import nxmlab.study.trainhelp as old; from nxmlab.study.cli import trainhelp; "
+            "print(before, old is trainhelp, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)}).stdout
+    assert out.strip() == "[] True False"
+
+
+def test_old_module_names_answered_by_their_folders():
+    """``data``, ``plots`` and ``cli`` were modules and are folders now: their packages answer
+    the old module's public names, and ``plots`` every plotting module's public ones."""
+    import importlib
+
+    from nxmlab.study import cli, data, plots
+    from nxmlab.study.cli import commands
+    from nxmlab.study.data import glue
+    from nxmlab.study.plots import core
+
+    assert all(getattr(data, name) is getattr(glue, name) for name in glue.__all__)
+    assert all(getattr(cli, name) is getattr(commands, name) for name in commands.__all__)
+    assert cli.UsageError is commands.UsageError and plots.rho_ticks is core.rho_ticks
+    assert plots.SCORE_AXIS == core.SCORE_AXIS
+    assert all(getattr(plots, name) is getattr(core, name) for name in core.__all__)
+    seen = set(core.__all__)
+    for module, names in plots.LAZY.items():
+        assert names == tuple(importlib.import_module(f"nxmlab.study.plots.{module}").__all__), module
+        assert not seen & set(names), (module, seen & set(names))  # one name, one function
+        seen |= set(names)
+        assert all(getattr(plots, n) is getattr(getattr(plots, module), n) for n in names)
+    from nxmlab.study import tuning
+    from nxmlab.study.plots.tuning import plot_tuning
+
+    assert tuning.plot_tuning is plot_tuning  # drawn in plots/ now, still answered where it was
 
 
 def test_no_module_over_about_500_lines():
