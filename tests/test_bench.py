@@ -195,6 +195,49 @@ def test_project_preset_seconds_full_sizes():
     assert len(grid["runs"]) == len(preset_runs("convergence", ["table", "rho", "dynamics", "convergence"])) and any(r["task"] == "rte" for r in grid["runs"])
 
 
+def test_project_preset_seconds_prices_each_run_at_its_own_batch_setting_and_training_set():
+    """protocol: the dense start at batch 32, ADMM and ASP at batch 16 with only the targets
+    training, selection runs on 90 % of the training set scored on the other 10 %.  A run
+    takes its own setting's column; without one, the plain kind (the preset's batch) scaled
+    to its batch at a constant time per example."""
+    from nxmlab.study.studies.presets import get_preset
+
+    protocol = get_preset("protocol")
+    assert protocol.batch_size == 16
+    own = {"dense": 1.0, "admm": 2.0, "fixed": 3.0, "dense @ b32": 4.0, "admm @ b16 targets": 5.0,
+           "fixed @ b16 targets": 6.0}
+    out = project_preset_seconds(protocol, {"cola": own}, studies=["selection"], eval_fraction=0.0)
+    runs = [r for r in out["runs"] if r["task"] == "cola"]
+    n_train = GLUE_TRAIN_SIZES["cola"] - round(0.1 * GLUE_TRAIN_SIZES["cola"])
+    dense = next(r for r in runs if r["label"] == "dense")
+    assert (dense["batch_size"], dense["setting"], dense["heldout"]) == (32, "b32", 0.1)
+    assert dense["steps"] == 5 * math.ceil(n_train / 32) and dense["seconds"] == pytest.approx(4.0 * dense["steps"])
+    admm = next(r for r in runs if r["label"] == "admm")
+    assert admm["setting"] == "b16 targets" and admm["steps"] == 10 * math.ceil(n_train / 16)
+    assert admm["seconds"] == pytest.approx(5.0 * admm["steps"])
+    plain = project_preset_seconds(protocol, {"cola": {"dense": 1.0, "admm": 2.0, "fixed": 3.0}},
+                                   studies=["selection"], eval_fraction=0.0)
+    dense = next(r for r in plain["runs"] if r["task"] == "cola" and r["label"] == "dense")
+    assert dense["seconds"] == pytest.approx(1.0 * 32 / 16 * dense["steps"])  # per example as at batch 16
+    assert not [m for m in plain["missing"] if m.startswith("cola")]
+
+
+def test_store_step_table_fills_a_setting_from_the_tasks_that_ran_it(monkeypatch):
+    """A protocol task with no batch-16 run yet gets its batch-16 step time from the two-way
+    fit: its own task effect (from its batch-32 runs) times the setting's (from another task)."""
+    import nxmlab.study.studies.cost as sc
+
+    records = [{"model": "minilm-l6", "task": t, "label": "admm", "phase": "admm", "setting": "b32",
+                "seconds_per_step": f} for t, f in (("cola", 0.2), ("mrpc", 0.8), ("stsb", 0.6))]
+    records.append({"model": "minilm-l6", "task": "cola", "label": "admm", "phase": "admm",
+                    "setting": "b16 targets", "seconds_per_step": 0.1})
+    monkeypatch.setattr(sc, "store_records", lambda _dir: records)
+    table_, source = sc.store_step_table("protocol", "unused")
+    assert table_["mrpc"]["admm @ b16 targets"] == pytest.approx(0.8 * 0.1 / 0.2, rel=1e-2)  # median polish: approximate
+    assert "admm @ b16 targets fitted" in source["mrpc"] and source["cola"] == "store"
+    assert table_["cola"]["admm @ b16 targets"] == pytest.approx(0.1)
+
+
 def test_cli_rejects_unknown_benchmark():
     proc = subprocess.run([sys.executable, "-m", "bench", "--only", "nope"], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120)

@@ -42,18 +42,38 @@ KINDS = ("dense", "admm", "fixed", "admm+kd", "fixed+kd")
 
 
 # ====================================================================== pure projection
-def _runs_of(preset, studies: Iterable[str]) -> list[tuple[str, str, int, float | None, dict[str, float]]]:
-    """``(task, label, seed, rho, lengths)`` of every run of the studies, deduplicated, in order.
+def setting(batch_size: int | None, train_only_targets: bool | None = False) -> str | None:
+    """The training setting a step time depends on besides task and kind: ``"b32"`` or
+    ``"b16 targets"`` (only the target Linears train); ``None`` when the batch is unknown."""
+    if batch_size is None:
+        return None
+    return f"b{int(batch_size)}" + (" targets" if train_only_targets else "")
 
-    The runs are :func:`preset_runs`'s (so budgets and convergence variants apply);
-    ``rho`` is filled in for ADMM runs, ``lengths`` maps each phase-length field
-    (``num_train_epochs``, ``retrain_epochs``) to its epochs in that run.
+
+def column(kind: str, setting_: str | None) -> str:
+    """A step-time table's column: ``kind`` alone (the preset's batch size, every weight
+    training) or ``"<kind> @ <setting>"`` (:func:`setting`)."""
+    return kind if setting_ is None else f"{kind} @ {setting_}"
+
+
+def _runs_of(preset, studies: Iterable[str]) -> list[dict[str, Any]]:
+    """Every run of the studies, deduplicated, in order: ``task``, ``label``, ``seed``,
+    ``rho``, ``lengths``, ``batch_size``, ``setting`` and ``heldout``.
+
+    The runs are :func:`preset_runs`'s (so budgets, convergence variants and a protocol's
+    own dense batch size apply); ``rho`` is filled in for ADMM runs, ``lengths`` maps each
+    phase-length field (``num_train_epochs``, ``retrain_epochs``) to its epochs in that run,
+    ``heldout`` is the fraction of the training set a selection run leaves out (else ``None``).
     """
     out = []
     for spec in preset_runs(preset, list(studies)):
         rho = float(spec.cfg.rho) if has_rho(spec.label) else None
         lengths = {step.epochs: spec.epochs(step.epochs) for step in spec.method.phases}
-        out.append((spec.task.name, spec.label, spec.seed, rho, lengths))
+        batch = int(spec.args.per_device_train_batch_size)
+        canonical = spec.canonical()  # what the run's config.json will hold, as store_records reads it
+        out.append({"task": spec.task.name, "label": spec.label, "seed": spec.seed, "rho": rho, "lengths": lengths,
+                    "batch_size": batch, "setting": setting(batch, bool(canonical.get("train_only_targets"))),
+                    "heldout": spec.cfg.heldout})
     return out
 
 
@@ -85,13 +105,27 @@ def _evaluations(label: str) -> int:
 
 
 def step_seconds(table_: Mapping[str, float], kind: str) -> float | None:
-    """One step kind from a task's table; ``x+kd`` falls back to ``x`` + ``kd_extra``."""
+    """One step kind (or :func:`column`) from a task's table; ``x+kd`` falls back to ``x`` +
+    ``kd_extra``."""
     if kind in table_:
         return float(table_[kind])
     base, _, kd = kind.partition("+")
-    if kd and base in table_ and "kd_extra" in table_:
-        return float(table_[base]) + float(table_["kd_extra"])
+    kd, _, at = kd.partition(" @ ")
+    if kd and column(base, at or None) in table_ and "kd_extra" in table_:
+        return float(table_[column(base, at or None)]) + float(table_["kd_extra"])
     return None
+
+
+def _run_step_seconds(table_: Mapping[str, float], kind: str, setting_: str | None, batch: int,
+                      preset_batch: int) -> float | None:
+    """Seconds per step of one phase: the table's time at the run's own setting when it has
+    one; else the plain kind's (timed at the preset's batch size) scaled to the run's batch
+    at a constant time per example."""
+    own = step_seconds(table_, column(kind, setting_)) if setting_ is not None else None
+    if own is not None:
+        return own
+    plain = step_seconds(table_, kind)
+    return None if plain is None else plain * batch / preset_batch
 
 
 def project_preset_seconds(preset, seconds_per_step: Mapping[str, Mapping[str, float]],
@@ -107,7 +141,11 @@ def project_preset_seconds(preset, seconds_per_step: Mapping[str, Mapping[str, f
         preset: A :class:`nxmlab.study.studies.presets.Preset` or its name.
         seconds_per_step: ``{task: {kind: seconds}}`` with kinds ``dense``, ``admm``,
             ``fixed``, ``admm+kd``, ``fixed+kd`` (or ``kd_extra``, added to ``admm`` /
-            ``fixed`` for the ``+kd`` kinds), measured at the preset's batch size.
+            ``fixed`` for the ``+kd`` kinds), measured at the preset's batch size, every
+            weight training; and optionally columns (:func:`column`) ``"<kind> @ <setting>"``
+            timed at another setting (:func:`setting`: a protocol's batch 16 with only the
+            targets training), used for the runs of that setting.  A run with no column of
+            its own scales the plain kind to its batch size at a constant time per example.
         studies: The studies the notebooks run (``nxmlab reproduce`` runs all three).
         train_sizes / eval_sizes: Examples per task (default: GLUE's); the preset's
             ``train_limit`` / ``eval_limit`` apply.
@@ -132,18 +170,22 @@ def project_preset_seconds(preset, seconds_per_step: Mapping[str, Mapping[str, f
     by_task: dict[str, float] = {}
     by_label: dict[str, float] = {}
     total = remaining = 0.0
-    for task, label, seed, rho, lengths in _runs_of(preset, studies):
+    for run in _runs_of(preset, studies):
+        task, label, seed, rho, lengths = run["task"], run["label"], run["seed"], run["rho"], run["lengths"]
+        batch, setting_, heldout = run["batch_size"], run["setting"], run["heldout"]
         n_train = train_sizes[task] if preset.train_limit is None else min(train_sizes[task], preset.train_limit)
         n_eval = eval_sizes[task] if preset.eval_limit is None else min(eval_sizes[task], preset.eval_limit)
-        steps_per_epoch = math.ceil(n_train / preset.batch_size)
+        if heldout:  # a selection run trains on the rest of the training set and scores the held-out part
+            n_train, n_eval = n_train - round(heldout * n_train), round(heldout * n_train)
+        steps_per_epoch = math.ceil(n_train / batch)
         table_ = seconds_per_step.get(task, {})
         phases, seconds, steps, ok = [], 0.0, 0, True
         for phase, kind, epochs in _phases(label, lengths):
-            per_step = step_seconds(table_, kind)
+            per_step = _run_step_seconds(table_, kind, setting_, batch, preset.batch_size)
             phase_steps = math.ceil(epochs * steps_per_epoch)
             if per_step is None:
                 ok = False
-                missing.append(f"{task} {label}: no '{kind}' step time")
+                missing.append(f"{task} {label}: no '{column(kind, setting_)}' step time")
                 continue
             phase_seconds = phase_steps * per_step
             if phase == "admm":
@@ -153,14 +195,15 @@ def project_preset_seconds(preset, seconds_per_step: Mapping[str, Mapping[str, f
                            "seconds_per_step": per_step, "seconds": phase_seconds})
             seconds += phase_seconds
             steps += phase_steps
-        dense_step = step_seconds(table_, "dense")
+        dense_step = _run_step_seconds(table_, "dense", setting_, batch, preset.batch_size)
         eval_seconds = 0.0
         if dense_step is not None:
-            eval_seconds = _evaluations(label) * n_eval * dense_step / preset.batch_size * eval_fraction
+            eval_seconds = _evaluations(label) * n_eval * dense_step / batch * eval_fraction
         seconds += eval_seconds
         key = (task, label, seed, rho)
         is_done = key in done
-        runs.append({"task": task, "label": label, "seed": seed, "rho": rho, "steps": steps,
+        runs.append({"task": task, "label": label, "seed": seed, "rho": rho, "batch_size": batch,
+                     "setting": setting_, "heldout": heldout, "steps": steps,
                      "train_seconds": seconds - eval_seconds, "eval_seconds": eval_seconds, "seconds": seconds,
                      "phases": phases, "complete": ok, "finished": is_done})
         total += seconds
@@ -173,19 +216,23 @@ def project_preset_seconds(preset, seconds_per_step: Mapping[str, Mapping[str, f
 
 # ==================================================================== the results store
 def store_records(results_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every finished run's phases: model, task, label, seed, rho, phase, s/step, s/epoch."""
+    """Every finished run's phases: model, task, label, seed, rho, phase, s/step, s/epoch,
+    and the run's :func:`setting` (batch size, only the targets training) from its config."""
     rows = []
     for folder in iter_runs(results_dir):
         try:
             m = folder.metrics()
+            cfg = folder.config() or {}
         except ValueError:  # unreadable: not a finished run
             continue
         if m is None:
             continue
         label = m["method"] + ("+kd" if m.get("kd") else "")
+        batch = (cfg.get("training") or {}).get("per_device_train_batch_size")
         for phase, p in (m.get("phases") or {}).items():
             rows.append({"run": folder.name, "model": m.get("model"), "task": m["task"], "label": label,
                          "seed": m.get("seed"), "rho": m.get("rho"), "phase": phase,
+                         "setting": setting(batch, bool(cfg.get("train_only_targets"))),
                          "seconds_per_step": p.get("seconds_per_step"), "seconds_per_epoch": p.get("seconds_per_epoch"),
                          "steps": p.get("steps")})
     return rows
@@ -234,11 +281,13 @@ def store_step_table(preset, results_dir: str | os.PathLike[str], cost: Mapping[
                      ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """Seconds per optimizer step by task and step kind for ``preset``'s model, for a live projection.
 
-    The store's finished runs (same model and batch size: today's training, length-grouped
-    batches) give the median ``seconds_per_step`` per (task, kind).  A two-way fit of their
-    logs (:func:`median_polish`: task effect + kind effect) then fills the kinds a stored task
-    lacks and replaces any cell more than :data:`OUTLIER_FACTOR` above the fit: runs timed
-    while other work shared the cores.  A task with no stored run gets ``make bench``'s
+    The store's finished runs (same model: today's training, length-grouped batches) give
+    the median ``seconds_per_step`` per task and :func:`column` (step kind at the run's
+    setting: batch size, only the targets training).  A two-way fit of their logs
+    (:func:`median_polish`: task effect + column effect) then fills the columns a stored task
+    lacks (a protocol's batch-16 steps on a task that has only batch-32 runs so far) and
+    replaces any cell more than :data:`OUTLIER_FACTOR` above the fit: runs timed while
+    other work shared the cores.  A task with no stored run gets ``make bench``'s
     measured step times (``cost``: study_cost.json) times the median store/bench ratio; else
     nothing (the projection lists it as missing).  Returns ``(table, source by task)``.
     """
@@ -249,11 +298,15 @@ def store_step_table(preset, results_dir: str | os.PathLike[str], cost: Mapping[
             continue
         kinds = dict(phase_kinds(r["label"]))
         if r["phase"] in kinds:
-            measured.setdefault((r["task"], kinds[r["phase"]]), []).append(float(r["seconds_per_step"]))
+            key = (r["task"], column(kinds[r["phase"]], r.get("setting")))
+            measured.setdefault(key, []).append(float(r["seconds_per_step"]))
     cells = {k: math.log(statistics.median(v)) for k, v in measured.items()}
     overall, row, col = median_polish(cells) if cells else (0.0, {}, {})
     bench = ((cost or {}).get("seconds_per_step") or {}).get("small", {})
-    ratios = [math.exp(v) / bench[t][k] for (t, k), v in cells.items() if bench.get(t, {}).get(k)]
+    bench_batch = ((cost or {}).get("config") or {}).get("batch")
+    bench_at = {column(k, setting(bench_batch)): k for k in KINDS}  # make bench times every weight training
+    ratios = [math.exp(v) / bench[t][bench_at[c]] for (t, c), v in cells.items()
+              if c in bench_at and bench.get(t, {}).get(bench_at[c])]
     calib = statistics.median(ratios) if ratios else None
     table_: dict[str, dict[str, float]] = {}
     source = {}
@@ -265,9 +318,7 @@ def store_step_table(preset, results_dir: str | os.PathLike[str], cost: Mapping[
             source[task] = f"make bench x {calib:.2f} (store/bench ratio)" if have else "none"
             continue
         notes = []
-        for kind in KINDS:
-            if kind not in col:
-                continue
+        for kind in col:  # every column some task has (KINDS, each at the settings timed)
             fit = math.exp(overall + row[task] + col[kind])
             if (task, kind) not in cells:
                 have[kind] = fit
@@ -277,6 +328,9 @@ def store_step_table(preset, results_dir: str | os.PathLike[str], cost: Mapping[
                 notes.append(f"{kind} {math.exp(cells[task, kind]):.2f} s -> fit {fit:.2f} s")
             else:
                 have[kind] = math.exp(cells[task, kind])
+        for kind in KINDS:  # the plain kinds: the preset's batch size, every weight training
+            if kind not in have and column(kind, setting(preset.batch_size)) in have:
+                have[kind] = have[column(kind, setting(preset.batch_size))]
         source[task] = "store" + (f" ({', '.join(notes)})" if notes else "")
     return table_, {t: source[t] for t in preset.tasks}
 
@@ -284,14 +338,26 @@ def store_step_table(preset, results_dir: str | os.PathLike[str], cost: Mapping[
 def live_projection(preset, results_dir: str | os.PathLike[str], studies: Iterable[str],
                     cost: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """:func:`project_preset_seconds` of ``studies`` on :func:`store_step_table`'s step times,
-    counting the runs already finished in ``results_dir`` as done."""
+    counting the runs already finished in ``results_dir`` as done.
+
+    Each finished run also has ``measured_seconds``: the wall time its training phases
+    recorded (``metrics.json``; evaluations and loss-free controls not included), summed
+    in ``measured_seconds`` with their count in ``finished_runs``.
+    """
     table_, source = store_step_table(preset, results_dir, cost)
     out = project_preset_seconds(preset, table_, studies=studies)
     specs = preset_runs(preset, list(studies), str(results_dir))  # the same runs, in the same order
-    out["remaining_seconds"] = 0.0
+    out["remaining_seconds"] = out["measured_seconds"] = 0.0
+    out["finished_runs"] = 0
     for run, spec in zip(out["runs"], specs, strict=True):  # (task, label, seed, rho) misses the n:m pattern
-        run["finished"] = spec.folder().finished
+        folder = spec.folder()
+        run["finished"] = folder.finished
         out["remaining_seconds"] += 0.0 if run["finished"] else run["seconds"]
+        if run["finished"]:
+            phases = (folder.metrics() or {}).get("phases") or {}
+            run["measured_seconds"] = float(sum(p.get("seconds") or 0.0 for p in phases.values()))
+            out["measured_seconds"] += run["measured_seconds"]
+            out["finished_runs"] += 1
     out["source"] = source
     return out
 
@@ -336,6 +402,8 @@ def live_cost(preset: Preset, results_dir: str | os.PathLike[str], studies: Sequ
     hours = {k: v / 3600 for k, v in proj["by_task"].items()}
     lines = [f"projected wall time on this machine's recorded step times (results store; length-grouped batches): "
              f"{proj['total_seconds'] / 3600:.1f} h in all, {proj['remaining_seconds'] / 3600:.1f} h not yet finished",
+             f"    measured: {proj['measured_seconds'] / 3600:.1f} h of training in the {proj['finished_runs']} "
+             f"finished run(s)",
              "    by task: " + ", ".join(f"{t} {h:.1f} h" for t, h in hours.items()),
              "    step times: " + "; ".join(f"{t}: {s}" for t, s in proj["source"].items())]
     if len(studies) > 1:  # each study's own runs (a run two studies share counts in both)
