@@ -20,7 +20,7 @@ from nxmlab.study.results.store import atomic_write_json
 
 # (table runs, rho-sweep runs, all runs deduplicated)
 EXPECTED = {"smoke": (12, 3, 25), "quick": (6, 0, 6), "baselines": (21, 0, 41), "convergence": (3, 3, 18), "cpu": (120, 0, 188), "paper": (40, 6, 44),
-            "protocol": (9, 0, 36)}
+            "protocol": (9, 0, 42)}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
