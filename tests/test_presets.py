@@ -20,7 +20,7 @@ from nxmlab.study.results.store import atomic_write_json
 
 # (table runs, rho-sweep runs, all runs deduplicated)
 EXPECTED = {"smoke": (12, 3, 25), "quick": (6, 0, 6), "baselines": (21, 0, 41), "convergence": (3, 3, 18), "cpu": (120, 0, 188), "paper": (40, 6, 44),
-            "protocol": (9, 0, 42)}
+            "protocol": (24, 0, 57)}  # table: 9 dense starts + CoLA's 5 labels x 3 seeds (MRPC, STS-B: no choice yet)
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -50,7 +50,11 @@ def test_every_preset_builds_valid_runs(name):
                 "dense_learning_rate", tuned.get("learning_rate", preset.learning_rate))
             continue
         if spec.method.sparse:
-            assert args.learning_rate == tuned.get("learning_rate", preset.learning_rate)
+            # the preset's (or task's) rate, or one the selection study chose for a row of this method
+            chosen = {options.get("learning_rate") for label, options in dict(dict(preset.chosen).get(
+                spec.task.name, ())).items() for options in [dict(options)]
+                if parse_label(preset.row(label)[0])[0].name == spec.method.name}
+            assert args.learning_rate in {tuned.get("learning_rate", preset.learning_rate)} | chosen
             assert args.per_device_train_batch_size == preset.batch_size
         else:
             assert args.learning_rate == tuned.get("dense_learning_rate", tuned.get("learning_rate",
@@ -406,3 +410,16 @@ def test_the_committed_cpu_table_is_complete_with_three_seeds_where_required(cap
     assert len(mine) == len(specs)
     seeds = mine.groupby(["task", "label"])["seed"].nunique()
     assert seeds.to_dict() == {(t, lb): 1 if lb in cpu.one_seed else 3 for t in cpu.tasks for lb in cpu.labels}
+
+
+@pytest.mark.parametrize("name", ["protocol", "cpu"])
+def test_the_recorded_choices_are_the_rules_on_the_committed_selection_runs(name):
+    """Every choice written into a preset's ``chosen`` is what the selection rule picks from the
+    committed held-out runs (a hand-copied literal cannot drift from the store)."""
+    from nxmlab.study.studies import selection
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    recorded, rule = selection.recorded(name), selection.choose(name, results)
+    for task, per_label in recorded.items():
+        for label, options in per_label.items():
+            assert rule.get(task, {}).get(label) == options, (task, label)
