@@ -423,3 +423,19 @@ def test_the_recorded_choices_are_the_rules_on_the_committed_selection_runs(name
     for task, per_label in recorded.items():
         for label, options in per_label.items():
             assert rule.get(task, {}).get(label) == options, (task, label)
+
+
+#: The results budget of a committed run folder (bytes): masks and weights go to the ignored cache.
+RUN_FOLDER_BUDGET = 250_000
+
+
+def test_every_committed_run_folder_stays_within_the_results_budget():
+    """Every run folder under results/ holds at most 250 KB (the protocol's 10-epoch CoLA ADMM
+    runs are the largest, about 245 KB: their dynamics and log have the most steps)."""
+    results = Path(__file__).resolve().parents[1] / "results"
+    folders = [d for d in results.glob("*/*") if d.is_dir()]
+    assert len(folders) >= 190
+    sizes = {d.relative_to(results).as_posix(): sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+             for d in folders}
+    over = {name: size for name, size in sizes.items() if size > RUN_FOLDER_BUDGET}
+    assert not over, f"run folders over {RUN_FOLDER_BUDGET} bytes: {over}"

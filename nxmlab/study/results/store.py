@@ -3,7 +3,8 @@
 A run lives in two folders with the same relative name ``<task>/<run name>``:
 
 * the **run folder** under the results directory, small and committed
-  (a finished MiniLM run is well under 250 KB);
+  (a finished MiniLM run stays within 250 KB; the largest, protocol's 10-epoch CoLA ADMM
+  runs, are about 245 KB; tests/test_presets.py checks every committed folder);
 * the **cache folder** under :func:`cache_root`, large and never committed: weights,
   full masks, checkpoints and the raw dynamics log.
 
