@@ -295,6 +295,34 @@ def test_store_step_table_replaces_contended_cells_and_fills_missing_kinds(monke
     table_, source = sc.store_step_table("cpu", "unused")
     assert table_["mrpc"]["fixed"] == pytest.approx(0.88)  # clean: the store's own time
     assert table_["rte"]["fixed"] == pytest.approx(1.2 * 1.1)  # 6.6 s contended -> the fit
-    assert "fixed 6.60 s -> fit 1.32 s" in source["rte"] and source["cola"] == "store"
-    assert "admm+kd" not in table_["cola"]  # no stored admm+kd anywhere: nothing to fit it from
+    assert "fixed 6.60 s -> fit 1.32 s" in source["rte"] and source["cola"] == "store (admm+kd = admm x 1.27)"
+    # no stored admm+kd anywhere: admm's time times the store's KD factor (fixed+kd / fixed)
+    assert table_["cola"]["admm+kd"] == pytest.approx(table_["cola"]["admm"] * 1.4 / 1.1)
     assert source["stsb"] == "none" and not table_["stsb"]  # no store, no bench json
+
+
+def test_table_runs_waiting_for_a_choice_are_priced_at_their_grid_setting_and_named_apart():
+    """A protocol task without a recorded choice has its sparse table runs in no study yet:
+    ``pending_runs`` lists them (at the grid's batch size, never held out), and the dry run
+    prices them on a line of their own; with every choice recorded, nothing waits."""
+    import dataclasses
+
+    from nxmlab.study.studies.cost import live_cost
+    from nxmlab.study.studies.presets import get_preset
+    from nxmlab.study.studies.runs import pending_runs, preset_runs
+
+    protocol = get_preset("protocol")
+    nothing_chosen = dataclasses.replace(protocol, chosen=())
+    waiting = pending_runs(nothing_chosen)
+    sparse = [lb for lb in protocol.labels if lb != "dense"]
+    assert len(waiting) == len(protocol.tasks) * len(protocol.seeds) * len(sparse)
+    assert {s.seed for s in waiting} == set(protocol.seeds) and not any(s.cfg.heldout for s in waiting)
+    assert {int(s.args.per_device_train_batch_size) for s in waiting} == {16}
+    assert {s.label for s in preset_runs(nothing_chosen, "table")} == {"dense"}  # none of them is in the table
+    cola = dict(dict(protocol.chosen)["cola"])
+    all_chosen = dataclasses.replace(protocol, chosen={t: cola for t in protocol.tasks})
+    assert pending_runs(all_chosen) == []
+    results = Path(__file__).resolve().parents[1] / "results"
+    line = [ln for ln in live_cost(nothing_chosen, results, ["table"]) if "wait for the selection" in ln]
+    assert len(line) == 1 and f"{len(waiting)} table run(s)" in line[0]
+    assert not [ln for ln in live_cost(all_chosen, results, ["table"]) if "wait for the selection" in ln]

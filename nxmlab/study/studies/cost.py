@@ -25,7 +25,7 @@ from typing import Any
 from ..results.store import iter_runs, read_json
 from ..train.methods import Prune, parse_label
 from .presets import Preset, get_preset
-from .runs import preset_runs
+from .runs import pending_runs, preset_runs
 
 __all__ = ["GLUE_TRAIN_SIZES", "GLUE_EVAL_SIZES", "KINDS", "OUTLIER_FACTOR", "STUDY_COST_FILE", "has_rho",
            "phase_kinds", "step_seconds", "project_preset_seconds", "store_records", "median_polish",
@@ -56,9 +56,9 @@ def column(kind: str, setting_: str | None) -> str:
     return kind if setting_ is None else f"{kind} @ {setting_}"
 
 
-def _runs_of(preset, studies: Iterable[str]) -> list[dict[str, Any]]:
-    """Every run of the studies, deduplicated, in order: ``task``, ``label``, ``seed``,
-    ``rho``, ``lengths``, ``batch_size``, ``setting`` and ``heldout``.
+def _runs_of(preset, studies: Iterable[str], specs: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+    """Every run of the studies (or the given ``specs``), deduplicated, in order: ``task``,
+    ``label``, ``seed``, ``rho``, ``lengths``, ``batch_size``, ``setting`` and ``heldout``.
 
     The runs are :func:`preset_runs`'s (so budgets, convergence variants and a protocol's
     own dense batch size apply); ``rho`` is filled in for ADMM runs, ``lengths`` maps each
@@ -66,7 +66,7 @@ def _runs_of(preset, studies: Iterable[str]) -> list[dict[str, Any]]:
     ``heldout`` is the fraction of the training set a selection run leaves out (else ``None``).
     """
     out = []
-    for spec in preset_runs(preset, list(studies)):
+    for spec in preset_runs(preset, list(studies)) if specs is None else specs:
         rho = float(spec.cfg.rho) if has_rho(spec.label) else None
         lengths = {step.epochs: spec.epochs(step.epochs) for step in spec.method.phases}
         batch = int(spec.args.per_device_train_batch_size)
@@ -134,7 +134,8 @@ def project_preset_seconds(preset, seconds_per_step: Mapping[str, Mapping[str, f
                            eval_sizes: Mapping[str, int] | None = None,
                            update_seconds: Mapping[str, float] | float = 0.0,
                            eval_fraction: float = 1 / 3,
-                           finished: Iterable[tuple[str, str, int, float | None]] = ()) -> dict[str, Any]:
+                           finished: Iterable[tuple[str, str, int, float | None]] = (),
+                           specs: Sequence[Any] | None = None) -> dict[str, Any]:
     """Projected wall time of every run a preset's notebooks train. Pure (no I/O).
 
     Args:
@@ -155,6 +156,8 @@ def project_preset_seconds(preset, seconds_per_step: Mapping[str, Mapping[str, f
             (forward only, ~1/3 of forward + backward).
         finished: ``(task, label, seed, rho)`` runs already done (``rho`` for ``admm*``
             labels, else ``None``); they cost nothing.
+        specs: Price these parsed runs instead of the studies' (e.g.
+            :func:`~nxmlab.study.studies.runs.pending_runs`).
 
     Returns:
         ``{"preset", "model", "runs": [{task, label, seed, rho, steps, seconds, phases,
@@ -170,7 +173,7 @@ def project_preset_seconds(preset, seconds_per_step: Mapping[str, Mapping[str, f
     by_task: dict[str, float] = {}
     by_label: dict[str, float] = {}
     total = remaining = 0.0
-    for run in _runs_of(preset, studies):
+    for run in _runs_of(preset, studies, specs):
         task, label, seed, rho, lengths = run["task"], run["label"], run["seed"], run["rho"], run["lengths"]
         batch, setting_, heldout = run["batch_size"], run["setting"], run["heldout"]
         n_train = train_sizes[task] if preset.train_limit is None else min(train_sizes[task], preset.train_limit)
@@ -287,7 +290,9 @@ def store_step_table(preset, results_dir: str | os.PathLike[str], cost: Mapping[
     (:func:`median_polish`: task effect + column effect) then fills the columns a stored task
     lacks (a protocol's batch-16 steps on a task that has only batch-32 runs so far) and
     replaces any cell more than :data:`OUTLIER_FACTOR` above the fit: runs timed while
-    other work shared the cores.  A task with no stored run gets ``make bench``'s
+    other work shared the cores.  A KD column no task has timed yet (``fixed+kd @ b16
+    targets``) is its step kind's time times the median KD/no-KD ratio of the stored
+    settings where both were timed.  A task with no stored run gets ``make bench``'s
     measured step times (``cost``: study_cost.json) times the median store/bench ratio; else
     nothing (the projection lists it as missing).  Returns ``(table, source by task)``.
     """
@@ -308,6 +313,11 @@ def store_step_table(preset, results_dir: str | os.PathLike[str], cost: Mapping[
     ratios = [math.exp(v) / bench[t][bench_at[c]] for (t, c), v in cells.items()
               if c in bench_at and bench.get(t, {}).get(bench_at[c])]
     calib = statistics.median(ratios) if ratios else None
+    kd_ratios = [math.exp(v - cells[t, column(c.split(" @ ")[0].removesuffix("+kd"), at or None)])
+                 for (t, c), v in cells.items() if "+kd" in c
+                 for at in [c.partition(" @ ")[2]]
+                 if (t, column(c.split(" @ ")[0].removesuffix("+kd"), at or None)) in cells]
+    kd_factor = statistics.median(kd_ratios) if kd_ratios else None
     table_: dict[str, dict[str, float]] = {}
     source = {}
     for task in sorted({t for t, _ in cells} | set(preset.tasks)):
@@ -328,6 +338,12 @@ def store_step_table(preset, results_dir: str | os.PathLike[str], cost: Mapping[
                 notes.append(f"{kind} {math.exp(cells[task, kind]):.2f} s -> fit {fit:.2f} s")
             else:
                 have[kind] = math.exp(cells[task, kind])
+        for kind in [k for k in have if k.split(" @ ")[0] in ("admm", "fixed")]:
+            at = kind.partition(" @ ")[2] or None
+            twin = column(kind.split(" @ ")[0] + "+kd", at)
+            if twin not in have and kd_factor:  # a KD setting no task has run: the store's KD factor
+                have[twin] = have[kind] * kd_factor
+                notes.append(f"{twin} = {kind} x {kd_factor:.2f}")
         for kind in KINDS:  # the plain kinds: the preset's batch size, every weight training
             if kind not in have and column(kind, setting(preset.batch_size)) in have:
                 have[kind] = have[column(kind, setting(preset.batch_size))]
@@ -342,7 +358,8 @@ def live_projection(preset, results_dir: str | os.PathLike[str], studies: Iterab
 
     Each finished run also has ``measured_seconds``: the wall time its training phases
     recorded (``metrics.json``; evaluations and loss-free controls not included), summed
-    in ``measured_seconds`` with their count in ``finished_runs``.
+    in ``measured_seconds`` with their count in ``finished_runs``; ``step_table`` is the
+    step-time table it priced them with.
     """
     table_, source = store_step_table(preset, results_dir, cost)
     out = project_preset_seconds(preset, table_, studies=studies)
@@ -358,7 +375,7 @@ def live_projection(preset, results_dir: str | os.PathLike[str], studies: Iterab
             run["measured_seconds"] = float(sum(p.get("seconds") or 0.0 for p in phases.values()))
             out["measured_seconds"] += run["measured_seconds"]
             out["finished_runs"] += 1
-    out["source"] = source
+    out["source"], out["step_table"] = source, table_
     return out
 
 
@@ -411,6 +428,11 @@ def live_cost(preset: Preset, results_dir: str | os.PathLike[str], studies: Sequ
         lines.insert(2, "    by study: " + ", ".join(
             f"{s} {len(p['runs'])} runs {p['total_seconds'] / 3600:.1f} h ({p['remaining_seconds'] / 3600:.1f} h "
             f"not finished)" for s, p in each.items() if p["runs"]))
+    pending = pending_runs(preset, str(results_dir)) if "table" in studies else []
+    if pending:  # table runs that wait for a choice are in no study's list yet
+        wait = project_preset_seconds(preset, proj["step_table"], specs=pending)
+        lines.append(f"    not in the totals above: {len(pending)} table run(s) that wait for the selection's choice, "
+                     f"about {wait['total_seconds'] / 3600:.1f} h (priced at their grid's setting)")
     if proj["missing"]:
         lines.append(f"    not costed (no step time): {len(proj['missing'])} phase(s), e.g. {proj['missing'][0]}")
     return lines

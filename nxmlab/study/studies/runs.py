@@ -17,7 +17,7 @@ from ...nxm import NxM
 from ..train.methods import parse_label
 from .presets import PRESETS, STUDIES, VARIANTS, Preset, get_preset
 
-__all__ = ["make_run", "study_keys", "preset_runs", "row_labels", "membership"]
+__all__ = ["make_run", "study_keys", "preset_runs", "pending_runs", "row_labels", "membership"]
 
 
 def make_run(preset: Preset, task: str, label: str, seed: int, results_dir: str = "results",
@@ -194,6 +194,26 @@ def preset_runs(preset: str | Preset, study: str | Sequence[str] = "table", resu
         if key not in seen:
             seen.add(key)
             runs.append(spec)
+    return runs
+
+
+def pending_runs(preset: str | Preset, results_dir: str = "results", glue_dir: str | None = None) -> list:
+    """The ``table`` runs that wait for the selection study: every (task, seed, label) whose
+    label has a selection grid but no recorded choice on that task (:meth:`Preset.pending`).
+
+    Their settings are not chosen yet, so each is built at its method's first grid point: a
+    stand-in with the batch size, epochs and trained layers every grid point shares, for
+    pricing them (:func:`nxmlab.study.studies.cost.live_cost`), never for training.
+    """
+    preset = get_preset(preset)
+    grids = dict(preset.selection)
+    runs = []
+    for task in preset.tasks:
+        for seed in preset.seeds:
+            labels = [lb for lb in preset.labels if (lb not in preset.one_seed or seed == preset.seeds[0])
+                      and preset.pending(task, lb)]
+            runs += [make_run(preset, task, label, seed, results_dir, glue_dir,
+                              variant=grids[label.removesuffix("+kd")][0]) for label in labels]
     return runs
 
 
