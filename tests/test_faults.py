@@ -564,6 +564,17 @@ def test_reproduce_without_training_refuses_an_empty_store(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"] and not list(empty.iterdir())
 
 
+def test_reproduce_without_glue_data_is_one_line_before_any_figure(tmp_path, capsys):
+    """The notebooks score the validation examples: a missing mirror stops reproduce before
+    the first notebook, so that no figure of a half-run notebook is left behind."""
+    missing = tmp_path / "no-glue"
+    code = main(["reproduce", "--preset", "quick", "--no-train", "--glue-dir", str(missing),
+                 "--figures-dir", str(tmp_path / "figures"), "--output-dir", str(tmp_path / "nb"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("nxmlab: error: GLUE directory does not exist")
+    assert str(missing) in err[0] and list(tmp_path.iterdir()) == []
+
+
 def test_reproduce_defaults_to_the_repositorys_folders_from_any_directory(tmp_path):
     """`cd /tmp && nxmlab reproduce --preset quick --no-train` draws from the repository's results/."""
     proc = subprocess.run([sys.executable, "-m", "nxmlab", "reproduce", "--preset", "quick", "--no-train", "--dry-run"],

@@ -37,7 +37,7 @@ from ..studies.presets import Preset, resolve_preset
 from ..studies.runs import preset_runs
 
 __all__ = ["NOTEBOOKS", "NOTEBOOK_STUDIES", "notebook_dir", "plan", "format_plan", "venv_kernel",
-           "execute_notebook", "reproduce"]
+           "execute_notebook", "check_glue", "reproduce"]
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +191,17 @@ def check_store(results_dir: str | os.PathLike[str]) -> None:
             "--overwrite or move them away")
 
 
+def check_glue(tasks: Sequence[str], glue_dir: str | None = None) -> None:
+    """Load every evaluation split of ``tasks`` once, so that a missing GLUE mirror or an
+    unreachable Hub fails in one line before any notebook has written a figure (the notebooks
+    score the validation examples).  Raises what :func:`~nxmlab.study.data.glue.load_glue` raises."""
+    from ..data.glue import get_task, load_glue
+
+    for task in tasks:
+        for split in get_task(task).eval_splits:
+            load_glue(task, split, glue_dir, limit=1)
+
+
 def reproduce(preset: Preset | str, results_dir: str | os.PathLike[str] | None = None,
               figures_dir: str | os.PathLike[str] | None = None, glue_dir: str | None = None,
               notebooks: Sequence[str] | str | None = None, dry_run: bool = False,
@@ -223,6 +234,8 @@ def reproduce(preset: Preset | str, results_dir: str | os.PathLike[str] | None =
         ValueError: an unknown preset, notebook or parameter;
             :class:`~nxmlab.study.results.verify.EmptyStoreError` with ``train=False`` and no finished run.
         DamagedStoreError: the store holds damaged runs (nothing is drawn).
+        FileNotFoundError / ConnectionError: no GLUE data for a task's evaluation split
+            (:func:`check_glue`; nothing is drawn).
     """
     parameters = dict(parameters or {})
     if "train" in parameters:
@@ -248,6 +261,7 @@ def reproduce(preset: Preset | str, results_dir: str | os.PathLike[str] | None =
         echo("train=False: the notebooks only analyse finished runs; nothing is trained")
     if dry_run:
         return []
+    check_glue(resolved.tasks, glue_dir)  # before anything is written
     out_dir = Path(output_root) / base.name
     params = {"preset": base.name, "results_dir": str(results_dir), "figures_dir": str(figures_dir),
               "glue_dir": glue_dir, "train": True,  # the notebooks' own default is False
