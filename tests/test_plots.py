@@ -522,3 +522,34 @@ def test_claims_table_answers_each_claim_on_its_average_row(tmp_path):
             "unresolved with this power |") in md
     assert claims_table(diffs[diffs.task != "average"]).empty
     assert "## The claims" not in write_differences(diffs[diffs.task != "average"], tmp_path)[1].read_text()
+
+
+def _updates(asp_is_start: bool) -> pd.DataFrame:
+    """Two Z/U updates of one ADMM run and its loss-free control (the control records no
+    distance to ASP's mask, only to the start's)."""
+    start = [0.10, 0.02]
+    asp = start if asp_is_start else [0.30, 0.25]
+    base = {"task": "cola", "label": "admm", "seed": 43, "run": "r"}
+    return pd.DataFrame([
+        {**base, "source": "training", "update": 1, "dist_asp": asp[0], "dist_start_magnitude": start[0], "flips": 0.1},
+        {**base, "source": "training", "update": 2, "dist_asp": asp[1], "dist_start_magnitude": start[1], "flips": 0.05},
+        {**base, "source": "loss-free", "update": 1, "dist_asp": np.nan, "dist_start_magnitude": 0.04, "flips": 0.02},
+        {**base, "source": "loss-free", "update": 2, "dist_asp": np.nan, "dist_start_magnitude": 0.0, "flips": 0.0},
+    ])
+
+
+def test_update_movement_merges_asps_mask_and_the_start_mask_when_they_are_one():
+    """The authors' protocol starts ADMM from the dense model ASP prunes: one panel for both
+    masks, with the loss-free control drawn in it; from another start, both panels stay."""
+    merged = plots.plot_update_movement(_updates(asp_is_start=True))
+    axes = [ax for ax in merged.axes if ax.get_title()]
+    assert [ax.get_title() for ax in axes] == ["cola: Z mask vs ASP's mask (= the start's magnitude mask)",
+                                               "cola: flips at the update (fraction of positions)"]
+    styles = sorted(line.get_linestyle() for line in axes[0].get_lines())
+    assert styles == ["-", "--"]  # the training run and its loss-free control
+    dashed = next(line for line in axes[0].get_lines() if line.get_linestyle() == "--")
+    assert list(dashed.get_ydata()) == [0.04, 1e-6]  # the control's start distance, 0 drawn at 1e-6
+    apart = plots.plot_update_movement(_updates(asp_is_start=False))
+    assert [ax.get_title() for ax in apart.axes if ax.get_title()] == [
+        "cola: Z mask vs ASP's mask", "cola: Z mask vs start magnitude mask",
+        "cola: flips at the update (fraction of positions)"]

@@ -4,7 +4,7 @@
 run: its final mask's distance to a magnitude mask against its gain over ASP on the same
 seed); :func:`plot_update_movement` draws ADMM's Z mask per Z/U update
 (:func:`nxmlab.study.studies.convergence.updates_of`) against ASP's mask and the start weights'
-magnitude mask, beside the flips.  Issues #28 (the authors' protocol) and #29 (every method).
+magnitude mask (one panel when they are one mask), beside the flips.  Issues #28 (the authors' protocol) and #29 (every method).
 """
 
 from __future__ import annotations
@@ -65,14 +65,25 @@ def movement_summary(movement: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["task", "reference", "label"]).reset_index(drop=True)
 
 
+def _asp_is_the_start(updates: pd.DataFrame) -> bool:
+    """Every training record's distance to ASP's mask equals its distance to the start weights'
+    magnitude mask: ADMM started from the dense model ASP prunes (the authors' protocol)."""
+    if "dist_asp" not in updates or "dist_start_magnitude" not in updates:
+        return False
+    both = updates[(updates["source"] == "training")].dropna(subset=["dist_asp", "dist_start_magnitude"])
+    return not both.empty and bool(((both["dist_asp"] - both["dist_start_magnitude"]).abs() < 1e-12).all())
+
+
 def plot_update_movement(updates: pd.DataFrame):
-    """Two rows of panels, one column per task: ADMM's Z mask against ASP's mask (``dist_asp``)
+    """Rows of panels, one column per task: ADMM's Z mask against ASP's mask (``dist_asp``)
     and against the start weights' magnitude mask, per Z/U update, and the flips per update;
-    one colour per label, one line per seed; the loss-free control dashed."""
+    one colour per label, one line per seed; the loss-free control dashed.  When ADMM starts
+    from the dense model ASP prunes (the two masks are one), the first two rows are one."""
     import seaborn as sns
 
     tasks = frames.task_order(updates["task"]) if not updates.empty else []
-    fig, axes = _subplots(ncols=max(1, len(tasks)), nrows=3, width=4.2, height=3.0)
+    merged = bool(tasks) and _asp_is_the_start(updates)
+    fig, axes = _subplots(ncols=max(1, len(tasks)), nrows=2 if merged else 3, width=4.2, height=3.0)
     if not tasks:
         for ax in axes.ravel():
             _empty(ax, "no ADMM runs with per-update records")
@@ -81,6 +92,9 @@ def plot_update_movement(updates: pd.DataFrame):
     palette = dict(zip(labels, sns.color_palette("colorblind", len(labels)), strict=False))
     panels = [("dist_asp", "Z mask vs ASP's mask"), ("dist_start_magnitude", "Z mask vs start magnitude mask"),
               ("flips", "flips at the update (fraction of positions)")]
+    if merged:  # the loss-free control records its distance to the start mask, which is ASP's here
+        updates = updates.assign(dist_asp=updates["dist_asp"].fillna(updates["dist_start_magnitude"]))
+        panels = [("dist_asp", "Z mask vs ASP's mask (= the start's magnitude mask)"), panels[2]]
     for col, task in enumerate(tasks):
         data = updates[updates["task"] == task]
         for row, (column, title) in enumerate(panels):
