@@ -34,6 +34,8 @@ FIGURES = {
 
 PARAMETERS = ["preset", "results_dir", "figures_dir", "glue_dir", "train", "tasks", "seeds", "methods", "model",
               "pattern", "epochs", "retrain_epochs", "rho_grid", "rho_tasks"]
+#: A notebook's own parameters, after the shared ones (not preset fields: setup does not take them).
+OWN_PARAMETERS = {"protocol": ["beside"]}
 SETUP = ("P, results_dir, figures_dir, train = notebook.setup(preset, results_dir, figures_dir, train, tasks=tasks, "
          "seeds=seeds, methods=methods, model=model, pattern=pattern, epochs=epochs, retrain_epochs=retrain_epochs, "
          "rho_grid=rho_grid, rho_tasks=rho_tasks)")
@@ -48,7 +50,7 @@ def test_source_notebooks_are_thin_and_cleared(name):
     assert all(not c.outputs and c.execution_count is None for c in code)
     assert code[0].metadata.get("tags") == ["parameters"]
     names = [line.split("=")[0].strip() for line in code[0].source.splitlines() if line and not line.startswith("#")]
-    assert names == PARAMETERS
+    assert names == PARAMETERS + OWN_PARAMETERS.get(name, [])
     setup = " ".join(code[1].source.split())
     assert setup.startswith("from nxmlab.study import ") and SETUP in setup.replace("( ", "(")
     assert all("import" not in c.source for c in code[2:])

@@ -553,3 +553,45 @@ def test_update_movement_merges_asps_mask_and_the_start_mask_when_they_are_one()
     assert [ax.get_title() for ax in apart.axes if ax.get_title()] == [
         "cola: Z mask vs ASP's mask", "cola: Z mask vs start magnitude mask",
         "cola: flips at the update (fraction of positions)"]
+
+
+def test_the_answers_of_two_studies_side_by_side_from_their_written_csvs(tmp_path):
+    """`answers_beside`: the protocol's task-average answers beside cpu's, both read back from
+    the CSVs their glue_table notebooks wrote; only the comparisons the protocol measured,
+    '–' where cpu did not measure one; each preset's `setting` heads its column."""
+    from nxmlab.study.plots.stats import write_differences
+    from nxmlab.study.studies import notebook
+    from nxmlab.study.studies.presets import get_preset
+
+    cols = ["comparison", "a", "b", "task", "tasks", "seeds", "n_seeds", "diff", "ci_low", "ci_high", "verdict",
+            "seed_min", "seed_max", "interval"]
+    cpu = pd.DataFrame([
+        ["admm - magnitude", "admm", "magnitude", "cola", "cola", "42,43,44", 3, -4.8, -8.8, -0.9, "contradicted",
+         -5.9, -3.8, "seeds+examples"],
+        ["admm - magnitude", "admm", "magnitude", "average", "cola,mrpc,stsb", "42,43,44", 3, -1.59, -3.28, 0.09,
+         "unresolved", -2.67, -0.08, "seeds+examples"],
+        ["sparsegpt - magnitude", "sparsegpt", "magnitude", "average", "cola,mrpc,stsb", "42,43,44", 3, 3.07, 1.44,
+         4.69, "supported", 1.54, 4.19, "seeds+examples"]], columns=cols)
+    protocol = pd.DataFrame([
+        ["nxmlab-admm - magnitude", "nxmlab-admm", "magnitude", "average", "cola", "43", 1, -0.98, -5.86, 3.79,
+         "unresolved", -0.98, -0.98, "examples"],
+        ["admm - magnitude", "admm", "magnitude", "average", "cola", "43", 1, -0.02, -6.32, 5.98, "unresolved",
+         -0.02, -0.02, "examples"]], columns=cols)
+    write_differences(cpu, tmp_path / "cpu")
+    write_differences(protocol, tmp_path / "protocol")
+    answers = notebook.answers_beside("protocol", "cpu", tmp_path / "protocol")
+    assert list(zip(answers["comparison"], answers["study"], strict=True)) == [
+        ("admm - magnitude", "cpu"), ("admm - magnitude", "protocol"), ("nxmlab-admm - magnitude", "protocol")]
+    md = (tmp_path / "protocol" / "answers_side_by_side.md").read_text()
+    assert ("| admm - magnitude | +1.70 | -1.59 [-3.28, +0.09] unresolved; seeds -2.67 to -0.08 (3 seeds: "
+            "cola,mrpc,stsb) | -0.02 [-6.32, +5.98] unresolved; one seed: examples only (1 seed: cola) |") in md
+    assert "| nxmlab-admm - magnitude | – | – | -0.98 [-5.86, +3.79] unresolved; one seed: examples only" in md
+    assert "sparsegpt" not in md  # the protocol did not measure it
+    assert f"- `cpu`: {get_preset('cpu').setting}" in md and f"- `protocol`: {get_preset('protocol').setting}" in md
+    assert md.index("| comparison | paper (BERT-base) | `cpu` | `protocol` |") > 0
+    assert (tmp_path / "protocol" / "answers_side_by_side.csv").is_file()
+    # nothing beside, or a study whose answers are not drawn yet: nothing written, a line says why
+    for other in (None, "quick"):
+        (tmp_path / "protocol" / "answers_side_by_side.md").unlink(missing_ok=True)
+        assert notebook.answers_beside("protocol", other, tmp_path / "protocol") is None
+        assert not (tmp_path / "protocol" / "answers_side_by_side.md").exists()

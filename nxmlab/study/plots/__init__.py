@@ -4,7 +4,8 @@
 * :mod:`~nxmlab.study.plots.core`: the style (:func:`set_style`), :func:`savefig`, the GLUE
   table and bars, the rho sweep, ADMM's dynamics and the weight magnitudes;
 * :mod:`~nxmlab.study.plots.masks`: mask distances (across methods, seeds, tasks, rho);
-* :mod:`~nxmlab.study.plots.stats`: the paired bootstrap's forest plot and claims table;
+* :mod:`~nxmlab.study.plots.stats`: the paired bootstrap's forest plot and claims table, and
+  the answers of several studies side by side;
 * :mod:`~nxmlab.study.plots.sweeps`: the n:m pattern sweep;
 * :mod:`~nxmlab.study.plots.convergence`: the ADMM convergence study;
 * :mod:`~nxmlab.study.plots.movement`: how far masks move (the protocol study);
@@ -50,7 +51,8 @@ LAZY: dict[str, tuple[str, ...]] = {
     "masks": ("SAMPLE_NOTE", "random_mask_distance", "distance_summary", "plot_layer_distances", "mask_samples",
               "sampled_distance", "method_distances", "seed_distances", "task_distances", "rho_distances",
               "rho_mask_distances", "as_matrix", "plot_matrices", "plot_seed_distances", "plot_rho_distances"),
-    "stats": ("plot_forest", "write_differences", "format_verdicts", "claims_table", "ANSWERS"),
+    "stats": ("plot_forest", "write_differences", "read_differences", "format_verdicts", "claims_table",
+              "side_by_side", "write_side_by_side", "ANSWERS"),
     "sweeps": ("density_frame", "plot_density", "pattern_comparisons"),
     "convergence": ("plot_trajectories", "plot_stage_scores", "plot_mask_sources", "criteria_table"),
     "movement": ("plot_mask_movement", "plot_update_movement", "movement_summary"),

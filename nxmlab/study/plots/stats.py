@@ -3,7 +3,8 @@
 :func:`nxmlab.study.results.stats.paired_bootstrap` gives the frame; :func:`write_differences`
 writes it as ``paired_differences.csv`` (numeric) and ``.md`` (with the verdicts), and
 :func:`plot_forest` draws each comparison's per-task and average difference with its
-95 % interval.
+95 % interval.  :func:`side_by_side` puts the task-average answers of several studies (the
+matched-budget ``cpu`` study and the authors' ``protocol``) in one table.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pandas as pd
 from ..results.stats import COMPARISONS, VERDICTS, Comparison
 from .core import _empty, _subplots
 
-__all__ = ["plot_forest", "write_differences", "format_verdicts", "claims_table", "ANSWERS"]
+__all__ = ["plot_forest", "write_differences", "read_differences", "format_verdicts", "claims_table",
+           "side_by_side", "write_side_by_side", "ANSWERS"]
 
 #: A verdict as the plain answer to a claim ("is a better than b?").
 ANSWERS = {"supported": "supported", "contradicted": "not supported: resolved the other way",
@@ -149,5 +151,74 @@ def write_differences(diffs: pd.DataFrame, figures_dir: str | os.PathLike[str] =
                   f"{row.tasks} | {row.n_seeds} | {row.diff:+.2f} | "
                   f"{_per_seed(row)} | [{row.ci_low:+.2f}, {row.ci_high:+.2f}] | {row.answer} |"
                   for row in claims.itertuples(index=False)]
+    md.write_text("\n".join(lines) + "\n")
+    return [csv, md]
+
+
+def read_differences(figures_dir: str | os.PathLike[str], name: str = "paired_differences") -> pd.DataFrame | None:
+    """The ``<name>.csv`` :func:`write_differences` wrote in ``figures_dir`` (``None`` when absent)."""
+    path = Path(figures_dir) / f"{name}.csv"
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path, dtype={"tasks": str, "seeds": str})
+    return frame
+
+
+def side_by_side(studies: dict[str, pd.DataFrame], comparisons: Sequence[Comparison] = COMPARISONS) -> pd.DataFrame:
+    """The task-average row of each comparison in several studies, tidy: one row per
+    ``(comparison, study)`` with ``paper, tasks, n_seeds, diff, seed_min, seed_max, ci_low,
+    ci_high, interval, verdict``.
+
+    Args:
+        studies: ``{study name: paired-differences frame}`` (:func:`write_differences`'s
+            columns), in the order the columns of :func:`write_side_by_side` take.
+        comparisons: Their order; a comparison no study measured is left out.
+    """
+    columns = ["comparison", "paper", "study", "tasks", "n_seeds", "diff", "seed_min", "seed_max", "ci_low",
+               "ci_high", "interval", "verdict"]
+    rows = []
+    for comp in comparisons:
+        for study, diffs in studies.items():
+            avg = diffs[(diffs["task"] == "average") & (diffs["comparison"] == comp.name)] if diffs is not None \
+                and not diffs.empty else pd.DataFrame()
+            if avg.empty:
+                continue
+            row = avg.iloc[0]
+            rows.append([comp.name, comp.paper, study, row["tasks"], int(row["n_seeds"]), row["diff"],
+                         row.get("seed_min"), row.get("seed_max"), row["ci_low"], row["ci_high"],
+                         row.get("interval", "seeds+examples"), row["verdict"]])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _answer_cell(row) -> str:
+    """``-1.59 [-3.28, +0.09] unresolved; seeds -2.67 to -0.08 (3 seeds: cola,mrpc,stsb)``."""
+    seeds = f"; seeds {_per_seed(row)}" if _has_seed_range(row) else ""
+    covers = "; one seed: examples only" if row.interval == "examples" else ""
+    return (f"{row.diff:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}] {row.verdict}{seeds}{covers} "
+            f"({row.n_seeds} seed{'s' if row.n_seeds != 1 else ''}: {row.tasks})")
+
+
+def write_side_by_side(answers: pd.DataFrame, figures_dir: str | os.PathLike[str], descriptions: dict[str, str],
+                       name: str = "answers_side_by_side") -> list[Path]:
+    """Write :func:`side_by_side`'s frame as ``<name>.csv`` and ``<name>.md``: one row per
+    comparison, one column per study (``descriptions``: ``{study: what its setting is}``,
+    in column order); ``–`` where a study did not measure a comparison."""
+    folder = Path(figures_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv, md = folder / f"{name}.csv", folder / f"{name}.md"
+    answers.to_csv(csv, index=False, float_format="%.4f")
+    studies = list(descriptions)
+    lines = ["# The answers, study beside study (task average, points x100, a - b)\n",
+             "Each cell: the difference, its 95 % two-level paired-bootstrap interval (seeds, then examples) "
+             "and the verdict (" + "; ".join(f"{k}: {v}" for k, v in VERDICTS.items()) + "), the single "
+             "seeds' range, and the seeds and tasks of the average. `–`: not measured in that study.\n",
+             *(f"- `{study}`: {text}" for study, text in descriptions.items()), "",
+             "| comparison | paper (BERT-base) | " + " | ".join(f"`{s}`" for s in studies) + " |",
+             "|---|---|" + "---|" * len(studies)]
+    for comparison, group in answers.groupby("comparison", sort=False):
+        cells = {row.study: _answer_cell(row) for row in group.itertuples(index=False)}
+        paper = group["paper"].iloc[0]
+        lines.append(f"| {comparison} | {'–' if pd.isna(paper) else f'{paper:+.2f}'} | "
+                     + " | ".join(cells.get(s, "–") for s in studies) + " |")
     md.write_text("\n".join(lines) + "\n")
     return [csv, md]

@@ -38,7 +38,7 @@ from ..results.store import DamagedFileError
 from .presets import Preset, resolve_preset
 from .runs import preset_runs, row_labels
 
-__all__ = ["Setup", "setup", "describe_preset", "run_study", "repo_root", "resolve_dir", "as_train"]
+__all__ = ["Setup", "setup", "describe_preset", "run_study", "answers_beside", "repo_root", "resolve_dir", "as_train"]
 
 #: What a notebook with ``train=False`` and an empty results folder should do instead.
 _EMPTY_ADVICE = "set results_dir = None for them, or train = True to train the runs"
@@ -224,3 +224,37 @@ def _plan(preset: Preset, total: int, missing: int, results_dir: Path) -> str:
         lines += projected_cost(preset.name)
     lines.append("The tables and plots below show the finished runs.")
     return "\n".join(lines)
+
+
+def answers_beside(preset: Preset | str, beside: str | None, figures_dir: str | os.PathLike[str]
+                   ) -> pd.DataFrame | None:
+    """This preset's task-average answers beside another preset's, as committed.
+
+    Reads ``paired_differences.csv`` of this preset (written into ``figures_dir`` by its
+    ``glue_table`` notebook) and of ``beside`` (``<figures_dir>/../<beside>/``, where ``make
+    figures`` draws it beside ``figures/protocol/``, else ``<figures_dir>/<beside>/``: the
+    notebook's default ``figures/``), keeps the comparisons this preset measured, and writes
+    ``answers_side_by_side.csv`` and ``.md`` into ``figures_dir``
+    (:func:`~nxmlab.study.plots.stats.write_side_by_side`; each preset's ``setting`` heads its
+    column).  Returns the tidy frame, or ``None`` (saying why) when ``beside`` is ``None`` or a
+    file is missing.
+    """
+    from ..plots.stats import read_differences, side_by_side, write_side_by_side
+
+    preset = resolve_preset(preset)
+    if beside is None:
+        return None
+    other = resolve_preset(beside)
+    figures_dir = Path(figures_dir)
+    places = [figures_dir.parent / other.name, figures_dir / other.name]  # beside figures/protocol, or in figures/
+    there = next((p for p in places if (p / "paired_differences.csv").is_file()), places[0])
+    own, theirs = read_differences(figures_dir), read_differences(there)
+    for name, frame, where in ((preset.name, own, figures_dir), (other.name, theirs, there)):
+        if frame is None:
+            print(f"no answers of {name} to put side by side: {where / 'paired_differences.csv'} is missing "
+                  f"(its glue_table notebook writes it)")
+            return None
+    answers = side_by_side({other.name: theirs, preset.name: own})
+    answers = answers[answers["comparison"].isin(answers.loc[answers["study"] == preset.name, "comparison"])]
+    write_side_by_side(answers, figures_dir, {p.name: p.setting or p.description for p in (other, preset)})
+    return answers.reset_index(drop=True)

@@ -124,6 +124,8 @@ class Preset:
     kd_last: bool = False
     must_converge: tuple[str, ...] = ()
     description: str = ""
+    #: One line: the setting the preset's answers hold for (its column beside other presets').
+    setting: str = ""
 
     def __post_init__(self) -> None:
         from ..inputs import coerce
@@ -378,6 +380,9 @@ PRESETS: dict[str, Preset] = {
                         "SR-STE with and without KD, and learned (MaskLLM) masks; paired bootstrap intervals over "
                         "seeds and examples. Its dense grid (tuning study) picked each task's learning rate "
                         "(task_options); learned's settings come from its selection study (held-out data, seed 41).",
+            setting="a matched budget of 3 passes, sparse training from the pretrained weights; ADMM's "
+                    "decoupled penalty at rho 1000 fixes the pretrained weights' magnitude mask at its first update; "
+                    "the dense run (the KD teacher) trains 2 epochs",
         ),
         Preset(
             name="protocol", model="minilm-l6", tasks=("cola", "mrpc", "stsb"), seeds=(43, 44, 45),
@@ -399,6 +404,9 @@ PRESETS: dict[str, Preset] = {
                         "start, and nxmlab's ADMM (decoupled penalty on the pruned positions, rho 10 doubling or 0.1 tripling at "
                         "each Z/U update; beyond the paper).  Learning rates and rho chosen on a 10 % held-out "
                         "split of the training set with seed 42 (study 'selection'); reported on seeds 43-45.",
+            setting="the authors' protocol: 10 epochs of ADMM or masked fine-tuning at batch 16 from a 5-epoch dense "
+                    "model (the KD teacher), only the target Linears training, no retraining after ADMM's prune; "
+                    "settings chosen on held-out data",
         ),
         Preset(
             name="paper", model="bert-base", tasks=("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"),
