@@ -439,3 +439,21 @@ def test_every_committed_run_folder_stays_within_the_results_budget():
              for d in folders}
     over = {name: size for name, size in sizes.items() if size > RUN_FOLDER_BUDGET}
     assert not over, f"run folders over {RUN_FOLDER_BUDGET} bytes: {over}"
+
+
+def test_the_log_keeps_six_significant_digits_and_every_other_value(tmp_path):
+    """log.jsonl rounds the Trainer's floats (the run folder's budget), never its counts,
+    phases or non-finite values."""
+    import json
+
+    from nxmlab.study.results.store import RunFolder
+
+    folder = RunFolder(tmp_path / "results", "cola", "run")
+    folder.path.mkdir(parents=True)
+    folder.append_log([{"phase": "admm", "loss": 0.42455951690673827, "learning_rate": 4.5370370370370374e-05,
+                        "epoch": 0.1865671641791045, "step": 50, "grad_norm": float("inf"), "flag": True}])
+    line = folder.file(RunFolder.LOG).read_text()
+    record = json.loads(line)
+    assert record == {"phase": "admm", "loss": 0.42456, "learning_rate": 4.53704e-05, "epoch": 0.186567, "step": 50,
+                      "grad_norm": float("inf"), "flag": True}
+    assert '"loss": 0.42456,' in line and '"step": 50,' in line
