@@ -260,6 +260,9 @@ def test_live_projection_costs_the_preset_from_the_committed_store():
     cost = json.loads((results.parent / "bench" / "results" / "study_cost.json").read_text())
     cpu = live_projection("cpu", results, ["table"], cost)
     assert len(cpu["runs"]) == 120 and not cpu["missing"]  # CoLA from make bench x the store/bench ratio
+    assert not any("b16" in note for note in cpu["source"].values())  # protocol's settings: not cpu's business
+    protocol = live_projection("protocol", results, ["table"])
+    assert "admm @ b16 targets" in protocol["step_table"]["cola"]  # priced at its own setting
     assert 2 * 3600 < cpu["total_seconds"] < 20 * 3600
 
 

@@ -280,7 +280,8 @@ def median_polish(cells: Mapping[tuple[str, str], float], iterations: int = 10
     return overall, rows, cols
 
 
-def store_step_table(preset, results_dir: str | os.PathLike[str], cost: Mapping[str, Any] | None = None
+def store_step_table(preset, results_dir: str | os.PathLike[str], cost: Mapping[str, Any] | None = None,
+                     settings: Iterable[str | None] | None = None
                      ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """Seconds per optimizer step by task and step kind for ``preset``'s model, for a live projection.
 
@@ -294,7 +295,8 @@ def store_step_table(preset, results_dir: str | os.PathLike[str], cost: Mapping[
     targets``) is its step kind's time times the median KD/no-KD ratio of the stored
     settings where both were timed.  A task with no stored run gets ``make bench``'s
     measured step times (``cost``: study_cost.json) times the median store/bench ratio; else
-    nothing (the projection lists it as missing).  Returns ``(table, source by task)``.
+    nothing (the projection lists it as missing).  Returns ``(table, source by task)``; with
+    ``settings`` (:func:`setting`), the source notes only name the columns at those settings.
     """
     preset = get_preset(preset)
     measured: dict[tuple[str, str], list[float]] = {}
@@ -332,10 +334,10 @@ def store_step_table(preset, results_dir: str | os.PathLike[str], cost: Mapping[
             fit = math.exp(overall + row[task] + col[kind])
             if (task, kind) not in cells:
                 have[kind] = fit
-                notes.append(f"{kind} fitted")
+                notes.append((kind, f"{kind} fitted"))
             elif math.exp(cells[task, kind]) > OUTLIER_FACTOR * fit:
                 have[kind] = fit
-                notes.append(f"{kind} {math.exp(cells[task, kind]):.2f} s -> fit {fit:.2f} s")
+                notes.append((kind, f"{kind} {math.exp(cells[task, kind]):.2f} s -> fit {fit:.2f} s"))
             else:
                 have[kind] = math.exp(cells[task, kind])
         for kind in [k for k in have if k.split(" @ ")[0] in ("admm", "fixed")]:
@@ -343,11 +345,14 @@ def store_step_table(preset, results_dir: str | os.PathLike[str], cost: Mapping[
             twin = column(kind.split(" @ ")[0] + "+kd", at)
             if twin not in have and kd_factor:  # a KD setting no task has run: the store's KD factor
                 have[twin] = have[kind] * kd_factor
-                notes.append(f"{twin} = {kind} x {kd_factor:.2f}")
+                notes.append((twin, f"{twin} = {kind} x {kd_factor:.2f}"))
         for kind in KINDS:  # the plain kinds: the preset's batch size, every weight training
             if kind not in have and column(kind, setting(preset.batch_size)) in have:
                 have[kind] = have[column(kind, setting(preset.batch_size))]
-        source[task] = "store" + (f" ({', '.join(notes)})" if notes else "")
+        if settings is not None:  # only the notes about columns the preset's runs use
+            keep = {column(k, x) for k in KINDS for x in settings} | set(KINDS)
+            notes = [(c, text) for c, text in notes if c in keep]
+        source[task] = "store" + (f" ({', '.join(text for _, text in notes)})" if notes else "")
     return table_, {t: source[t] for t in preset.tasks}
 
 
@@ -361,9 +366,11 @@ def live_projection(preset, results_dir: str | os.PathLike[str], studies: Iterab
     in ``measured_seconds`` with their count in ``finished_runs``; ``step_table`` is the
     step-time table it priced them with.
     """
-    table_, source = store_step_table(preset, results_dir, cost)
-    out = project_preset_seconds(preset, table_, studies=studies)
-    specs = preset_runs(preset, list(studies), str(results_dir))  # the same runs, in the same order
+    specs = preset_runs(preset, list(studies), str(results_dir))  # the runs it prices, in the same order
+    settings = {setting(int(s.args.per_device_train_batch_size), bool(s.canonical().get("train_only_targets")))
+                for s in specs}
+    table_, source = store_step_table(preset, results_dir, cost, settings)
+    out = project_preset_seconds(preset, table_, studies=studies, specs=specs)
     out["remaining_seconds"] = out["measured_seconds"] = 0.0
     out["finished_runs"] = 0
     for run, spec in zip(out["runs"], specs, strict=True):  # (task, label, seed, rho) misses the n:m pattern
