@@ -14,6 +14,12 @@ Usage::
         baselines:table baselines:patterns cpu:tuning convergence:convergence,rho > runner.log 2>&1 &
     .venv/bin/python scripts/study_runner.py --dry-run cpu:tuning     # the queue, nothing trained
 
+A preset with a selection study (``protocol``, ``cpu``'s ``learned``) leaves a label's table
+runs out until its choice is recorded in the preset's ``chosen`` field.  The runner says how
+many table runs wait so, and names each choice the selection rule can make from the finished
+runs that the preset has not recorded yet (``=== choice ready: ...``): record it (a test
+checks it against the rule) and restart the runner to queue those table runs.
+
 Within ``STUDY`` ``tuning``, runs go seed by seed, cheap tasks first (RTE, the slowest,
 last), so that a partial sweep already holds one seed of every task.  A run that fails
 is logged and skipped (the queue goes on); the exit status is 1 if any failed.
@@ -52,6 +58,30 @@ def queue(items: list[str], results_dir: str) -> list:
     return runs
 
 
+def ready_choices(presets, results_dir: str) -> list[str]:
+    """``"<preset> <task> <label>: <options>"`` for each choice the selection rule makes from
+    the finished selection runs that the preset's ``chosen`` field does not record yet."""
+    from nxmlab.study.studies import selection
+    from nxmlab.study.studies.presets import get_preset
+
+    out = []
+    for preset in presets:
+        preset = get_preset(preset)
+        if not preset.selection:
+            continue
+        rule, recorded = selection.choose(preset, results_dir), selection.recorded(preset)
+        out += [f"{preset.name} {task} {label}: {options}" for task, per_label in rule.items()
+                for label, options in per_label.items() if recorded.get(task, {}).get(label) != options]
+    return out
+
+
+def waiting(presets, results_dir: str) -> int:
+    """How many table runs of ``presets`` wait for a selection choice (in no queue yet)."""
+    from nxmlab.study.studies.runs import pending_runs
+
+    return sum(len(pending_runs(preset, results_dir)) for preset in presets)
+
+
 def commit(path: Path) -> None:
     """Commit one finished run folder, and nothing else, in the repository that holds it (the
     runner may run from another checkout, e.g. a snapshot worktree, with ``--results-dir``
@@ -79,7 +109,15 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     runs = queue(ns.items, ns.results_dir)
+    presets = list(dict.fromkeys(item.partition(":")[0] for item in ns.items))
     print(f"=== {len(runs)} runs to do", flush=True)
+    held = waiting(presets, ns.results_dir)
+    if held:
+        print(f"=== {held} table runs wait for a selection choice (not in this queue)", flush=True)
+    announced = set()
+    for line in ready_choices(presets, ns.results_dir):
+        announced.add(line)
+        print(f"=== choice ready: {line}", flush=True)
     if ns.dry_run:
         for spec in runs:
             print(f"    {spec.folder().path}")
@@ -96,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"=== FAILED {path}: {type(exc).__name__}: {exc}", flush=True)
             continue
         print(f"=== done {path} {time.time() - tic:.0f}s", flush=True)
+        for line in ready_choices(presets, ns.results_dir):
+            if line not in announced:
+                announced.add(line)
+                print(f"=== choice ready: {line} (record it in the preset's chosen field, then restart "
+                      "the runner to queue its table runs)", flush=True)
         if ns.commit and os.path.isdir(path):
             try:
                 commit(Path(path))

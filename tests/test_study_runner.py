@@ -44,3 +44,25 @@ def test_queue_skips_finished_runs_and_shared_ones(runner, tmp_path):
 def test_unknown_preset_is_exit_2(runner, capsys):
     assert runner.main(["--dry-run", "nope:table"]) == 2
     assert "unknown preset" in capsys.readouterr().err
+
+
+def test_the_runner_names_the_choices_ready_to_record_and_the_runs_that_wait(runner):
+    """With nothing recorded, every complete grid of the committed store is a ready choice
+    (CoLA's three labels: the recorded ones, so with them recorded nothing is announced);
+    the table runs of the labels without a choice wait."""
+    import dataclasses
+
+    from nxmlab.study.studies import selection
+    from nxmlab.study.studies.presets import get_preset
+
+    protocol = get_preset("protocol")
+    results = str(REPO / "results")
+    blank = dataclasses.replace(protocol, chosen=())
+    ready = runner.ready_choices([blank], results)
+    cola = [line for line in ready if line.startswith("protocol cola ")]
+    assert sorted(line.split(":")[0] for line in cola) == [
+        "protocol cola admm", "protocol cola magnitude", "protocol cola nxmlab-admm"]
+    assert f"protocol cola admm: {selection.recorded(protocol)['cola']['admm']}" in cola
+    assert not [line for line in runner.ready_choices([protocol], results) if line.startswith("protocol cola ")]
+    sparse = len([lb for lb in protocol.labels if lb != "dense"])
+    assert runner.waiting([blank], results) == len(protocol.tasks) * len(protocol.seeds) * sparse
