@@ -55,27 +55,9 @@ import torch
 
 from ...nxm import pack_mask, unpack_mask
 
-__all__ = [
-    "STORE_VERSION",
-    "CACHE_ENV",
-    "RunFolder",
-    "check_writable",
-    "StoreVersionError",
-    "DamagedFileError",
-    "atomic_write",
-    "atomic_write_json",
-    "append_jsonl",
-    "cache_root",
-    "config_hash",
-    "follow_umask",
-    "iter_runs",
-    "metrics_problem",
-    "load_masks",
-    "mask_sample",
-    "read_json",
-    "read_jsonl",
-    "save_masks",
-]
+__all__ = ["STORE_VERSION", "CACHE_ENV", "RunFolder", "check_writable", "StoreVersionError", "DamagedFileError",
+           "atomic_write", "atomic_write_json", "append_jsonl", "cache_root", "config_hash", "follow_umask",
+           "iter_runs", "metrics_problem", "load_masks", "mask_sample", "read_json", "read_jsonl", "save_masks"]
 
 #: Bumped when the layout or the meaning of a stored field changes.
 STORE_VERSION = 2
