@@ -20,6 +20,10 @@ many table runs wait so, and names each choice the selection rule can make from 
 runs that the preset has not recorded yet (``=== choice ready: ...``): record it (a test
 checks it against the rule) and restart the runner to queue those table runs.
 
+The runs that need one dense model's weights follow that dense run (the weights live in the
+ignored cache, which a fresh machine lacks, so a run whose dense model is not there trains it
+again first), and a dense run whose only dependents wait for a choice goes last.
+
 Within ``STUDY`` ``tuning``, runs go seed by seed, cheap tasks first (RTE, the slowest,
 last), so that a partial sweep already holds one seed of every task.  A run that fails
 is logged and skipped (the queue goes on); the exit status is 1 if any failed.
@@ -55,7 +59,39 @@ def queue(items: list[str], results_dir: str) -> list:
                 continue
             seen.add(str(folder.path))
             runs.append(spec)
-    return runs
+    presets = list(dict.fromkeys(item.partition(":")[0] for item in items))
+    return by_start(runs, [spec for preset in presets for spec in _pending(preset, results_dir)])
+
+
+def _pending(preset: str, results_dir: str) -> list:
+    from nxmlab.study.studies.runs import pending_runs
+
+    return pending_runs(preset, results_dir)
+
+
+def start_of(spec) -> str:
+    """The folder of the dense run ``spec`` starts from, takes its mask from or distils from;
+    a dense run's own folder (and so does a run that needs no dense model)."""
+    if spec.method.sparse and spec.method.needs_dense(spec):
+        return str(spec.dense().folder().path)
+    return str(spec.folder().path)
+
+
+def by_start(runs: list, pending: list = ()) -> list:
+    """``runs`` with each dense run and the runs that need its weights next to each other.
+
+    The weights live in the ignored cache, which a fresh machine lacks: a run whose dense
+    model is not there trains it again first.  So the runs of one dense model go together
+    (in the order of each group's first run), and a dense run that only ``pending`` runs
+    need (table runs that wait for a selection choice) goes last: trained now, its weights
+    would have to be trained again when those runs are queued in a later session.
+    """
+    needed = {start_of(spec) for spec in runs if start_of(spec) != str(spec.folder().path)}
+    later = {start_of(spec) for spec in pending} - needed
+    first: dict[str, int] = {}
+    for spec in runs:
+        first.setdefault(start_of(spec), len(first))
+    return sorted(runs, key=lambda spec: (start_of(spec) in later, first[start_of(spec)]))
 
 
 def ready_choices(presets, results_dir: str) -> list[str]:
@@ -77,9 +113,7 @@ def ready_choices(presets, results_dir: str) -> list[str]:
 
 def waiting(presets, results_dir: str) -> int:
     """How many table runs of ``presets`` wait for a selection choice (in no queue yet)."""
-    from nxmlab.study.studies.runs import pending_runs
-
-    return sum(len(pending_runs(preset, results_dir)) for preset in presets)
+    return sum(len(_pending(preset, results_dir)) for preset in presets)
 
 
 def commit(path: Path) -> None:

@@ -66,3 +66,26 @@ def test_the_runner_names_the_choices_ready_to_record_and_the_runs_that_wait(run
     assert not [line for line in runner.ready_choices([protocol], results) if line.startswith("protocol cola ")]
     sparse = len([lb for lb in protocol.labels if lb != "dense"])
     assert runner.waiting([blank], results) == len(protocol.tasks) * len(protocol.seeds) * sparse
+
+
+def test_the_runs_of_one_dense_model_go_together_and_dense_runs_only_waiting_runs_need_go_last(
+        runner, tmp_path, monkeypatch):
+    """An empty store, CoLA's choices recorded and MRPC's and STS-B's not: every CoLA dense run
+    is followed by the sparse runs that start from it; MRPC's and STS-B's dense runs (the
+    start of table runs that wait) come after everything else."""
+    import dataclasses
+
+    from nxmlab.study.studies.presets import PRESETS
+
+    protocol = PRESETS["protocol"]
+    cola_only = tuple((task, choice) for task, choice in protocol.chosen if task == "cola")
+    monkeypatch.setitem(PRESETS, "protocol", dataclasses.replace(protocol, chosen=cola_only))
+    runs = runner.queue(["protocol:table"], str(tmp_path))
+    starts = [runner.start_of(spec) for spec in runs]
+    blocks = [start for i, start in enumerate(starts) if i == 0 or starts[i - 1] != start]
+    assert len(blocks) == len(set(blocks)) == len(protocol.tasks) * len(protocol.seeds)
+    assert all(str(runs[starts.index(start)].folder().path) == start for start in blocks)  # the dense run first
+    waiting = [spec.task.name for spec in runs if spec.task.name != "cola"]
+    assert runs[-len(waiting):] == [spec for spec in runs if spec.task.name != "cola"]
+    assert all(not spec.method.sparse for spec in runs[-len(waiting):])
+    assert len(waiting) == 2 * len(protocol.seeds) and len(runs) > len(waiting)
