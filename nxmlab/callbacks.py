@@ -401,6 +401,8 @@ class DistillationTrainer(Trainer):
         self.alpha = alpha
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The student's :func:`nxmlab.distill.distillation_loss` against the teacher's logits
+        (the teacher in eval mode, without gradients)."""
         labels = inputs.get("labels")
         outputs = model(**inputs)
         with torch.no_grad():

@@ -319,10 +319,10 @@ class RunFolder:
     z_masks_dir = _in_cache("z_masks")  # the packed Z masks, one ``step-<k>.npz`` per Z/U update
     mid_weights = _in_cache("weights_admm_mid.safetensors")
 
-    def phase_dir(self, phase: str) -> Path:
+    def phase_dir(self, phase: str) -> Path:  # the model a finished phase saved (cache)
         return self.cache / "phases" / phase
 
-    def checkpoint_dir(self, phase: str) -> Path:
+    def checkpoint_dir(self, phase: str) -> Path:  # a phase's Trainer checkpoints (cache)
         return self.cache / "checkpoints" / phase
 
     # --- reading ----------------------------------------------------------------------
@@ -403,7 +403,7 @@ class RunFolder:
         return out
 
     # --- writing ----------------------------------------------------------------------
-    def write_json(self, name: str, obj: Any) -> None:
+    def write_json(self, name: str, obj: Any) -> None:  # atomically, as every store write
         atomic_write_json(self.file(name), obj)
 
     def write_frame(self, name: str, frame: pd.DataFrame) -> None:

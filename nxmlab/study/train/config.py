@@ -338,6 +338,7 @@ class RunSpec:
     # --- identity -----------------------------------------------------------------------
     @property
     def label(self) -> str:
+        """The table row: the method, with ``+kd`` when the run distils."""
         return method_label(self.method.name, self.kd)
 
     def epochs(self, field_name: str) -> float:
@@ -346,6 +347,7 @@ class RunSpec:
 
     @property
     def dense_epochs(self) -> float:
+        """Epochs of the dense start/teacher run (``--dense_epochs``, else this run's epochs)."""
         return float(self.cfg.dense_epochs or self.args.num_train_epochs)
 
     def canonical(self) -> dict[str, Any]:

@@ -211,6 +211,7 @@ class Method:
 
     @property
     def phases(self) -> tuple[Train, ...]:
+        """The training phases among the method's steps (its prunes left out)."""
         return tuple(s for s in self.steps if isinstance(s, Train))
 
     @property
