@@ -1,4 +1,4 @@
-"""nxmlab's benchmarks: ``python -m bench [--quick] [--only projection,admm,learned,study,padding]``.
+"""nxmlab's benchmarks: ``python -m bench [--quick] [--only projection,admm,learned,kd,study,padding]``.
 
 Each benchmark writes ``bench/results/<name>.json`` (machine info, configuration, raw
 medians, ratios, targets and notes) and prints a summary. Every figure is a ratio
@@ -8,5 +8,5 @@ see ``bench/README.md``.
 
 #: ``--only`` names -> benchmark modules, in the order they run (projection last: it
 #: changes glibc's allocator settings for the rest of the process).
-BENCHMARKS = {"admm": "admm_overhead", "learned": "learned_overhead", "study": "study_cost", "padding": "padding",
-              "projection": "projection"}
+BENCHMARKS = {"admm": "admm_overhead", "learned": "learned_overhead", "kd": "kd_teacher", "study": "study_cost",
+              "padding": "padding", "projection": "projection"}

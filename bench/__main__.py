@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--only projection,admm,learned,study,padding] [--out DIR] [--threads N]``."""
+"""``python -m bench [--quick] [--only projection,admm,learned,kd,study,padding] [--out DIR] [--threads N]``."""
 
 from __future__ import annotations
 

@@ -388,7 +388,12 @@ class DistillationTrainer(Trainer):
     """A ``Trainer`` whose training loss distils from a frozen teacher.
 
     The teacher runs in eval mode under ``torch.no_grad`` on the student's device;
-    the loss is :func:`nxmlab.distill.distillation_loss`.
+    the loss is :func:`nxmlab.distill.distillation_loss`.  A frozen teacher in eval mode
+    gives every example the same logits in every epoch, so they are kept per example (keyed
+    by its unpadded ``input_ids`` and ``token_type_ids``), and the teacher runs only on a
+    batch that holds an example it has not seen: in the first epoch, and after a resume.
+    The kept logits are those of the first batch that held the example; a later batch would
+    pad it differently, which changes its logits only by float rounding.
     """
 
     def __init__(self, *args: Any, teacher: torch.nn.Module, temperature: float = 2.0, alpha: float = 0.5,
@@ -399,13 +404,34 @@ class DistillationTrainer(Trainer):
             p.requires_grad_(False)
         self.temperature = temperature
         self.alpha = alpha
+        self.teacher_logits: dict[bytes, torch.Tensor] = {}
+        self.teacher_batches = 0  # batches the teacher ran on
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The student's :func:`nxmlab.distill.distillation_loss` against the teacher's logits
         (the teacher in eval mode, without gradients)."""
         labels = inputs.get("labels")
         outputs = model(**inputs)
-        with torch.no_grad():
-            teacher_logits = self.teacher(**inputs).logits
-        loss = distillation_loss(outputs.logits, teacher_logits, labels, self.temperature, self.alpha)
+        loss = distillation_loss(outputs.logits, self.teach(inputs), labels, self.temperature, self.alpha)
         return (loss, outputs) if return_outputs else loss
+
+    def teach(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The teacher's logits for a batch: the kept ones when it has seen every example."""
+        keys = _example_keys(inputs)
+        if not all(key in self.teacher_logits for key in keys):
+            with torch.no_grad():
+                logits = self.teacher(**inputs).logits
+            self.teacher_batches += 1
+            for key, row in zip(keys, logits):
+                self.teacher_logits.setdefault(key, row)
+            return logits
+        return torch.stack([self.teacher_logits[key] for key in keys])
+
+
+def _example_keys(inputs: dict[str, torch.Tensor]) -> list[bytes]:
+    """One key per row of a padded batch: its unpadded ``input_ids`` (and ``token_type_ids``)."""
+    ids = inputs["input_ids"]
+    mask = inputs.get("attention_mask")
+    mask = (mask if mask is not None else torch.ones_like(ids)).bool().cpu()
+    parts = [inputs[name].cpu() for name in ("input_ids", "token_type_ids") if name in inputs]
+    return [b"|".join(part[i][mask[i]].numpy().tobytes() for part in parts) for i in range(ids.shape[0])]

@@ -105,6 +105,17 @@ def test_learned_overhead_json(quick_results):
 
 
 @pytest.mark.slow
+def test_kd_teacher_json(quick_results):
+    data = _load(quick_results, "kd_teacher")
+    assert data["config"]["model"] == "tiny"
+    for name in ("plain", "live", "kept"):
+        assert data["seconds"][name]["n"] == data["config"]["steps"]
+    assert all(_is_ratio(r["median"]) for r in data["ratios"].values())
+    assert data["teacher_batches_in_rounds"] == 0  # the kept step never ran the teacher
+    assert len(data["targets"]) == 1
+
+
+@pytest.mark.slow
 def test_study_cost_json(quick_results):
     data = _load(quick_results, "study_cost")
     assert set(data["projections"]) == {"quick", "cpu", "paper"}
