@@ -6,7 +6,8 @@ unfinished run of the given ``PRESET:STUDY[,STUDY]`` items, in order, skipping t
 finished ones, so restarting it after an interruption goes on where it stopped (a run
 cut short resumes from its last complete checkpoint).  With ``--commit`` it commits
 each newly finished run folder on its own (``git add`` + ``git commit`` of that folder
-only), so that a session that ends mid-queue loses at most the run in progress.
+only), so that a session that ends mid-queue loses at most the run in progress; a dense
+run that a sparse run trained again (its weights were not in the cache) is committed too.
 
 Usage::
 
@@ -32,7 +33,6 @@ is logged and skipped (the queue goes on); the exit status is 1 if any failed.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -116,6 +116,22 @@ def waiting(presets, results_dir: str) -> int:
     return sum(len(_pending(preset, results_dir)) for preset in presets)
 
 
+def changed(path: Path) -> bool:
+    """The folder holds changes git has not committed (new, modified or deleted files)."""
+    return bool(subprocess.run(["git", "status", "--porcelain", "--", "."], check=True, cwd=path,
+                               capture_output=True, text=True).stdout.strip())
+
+
+def to_commit(spec) -> list[Path]:
+    """The run's folder, and its dense start's when the run trained that again (a fresh
+    machine's cache lacks the weights, so the dense folder is rewritten: same predictions,
+    a new recorded time); each only when it exists and git sees changes in it."""
+    paths = [Path(spec.folder().path)]
+    if spec.method.sparse and spec.method.needs_dense(spec):
+        paths.append(Path(spec.dense().folder().path))
+    return [p for p in paths if p.is_dir() and changed(p)]
+
+
 def commit(path: Path) -> None:
     """Commit one finished run folder, and nothing else, in the repository that holds it (the
     runner may run from another checkout, e.g. a snapshot worktree, with ``--results-dir``
@@ -173,11 +189,12 @@ def main(argv: list[str] | None = None) -> int:
                 announced.add(line)
                 print(f"=== choice ready: {line} (record it in the preset's chosen field, then restart "
                       "the runner to queue its table runs)", flush=True)
-        if ns.commit and os.path.isdir(path):
-            try:
-                commit(Path(path))
-            except subprocess.CalledProcessError as exc:  # e.g. a concurrent git command held the index lock
-                print(f"=== not committed {path}: {exc}; commit it by hand", flush=True)
+        if ns.commit:
+            for folder in to_commit(spec):
+                try:
+                    commit(folder)
+                except subprocess.CalledProcessError as exc:  # e.g. a concurrent git command held the index lock
+                    print(f"=== not committed {folder}: {exc}; commit it by hand", flush=True)
     return 1 if failed else 0
 
 

@@ -89,3 +89,36 @@ def test_the_runs_of_one_dense_model_go_together_and_dense_runs_only_waiting_run
     assert runs[-len(waiting):] == [spec for spec in runs if spec.task.name != "cola"]
     assert all(not spec.method.sparse for spec in runs[-len(waiting):])
     assert len(waiting) == 2 * len(protocol.seeds) and len(runs) > len(waiting)
+
+
+def test_the_runner_commits_the_run_and_a_dense_start_it_trained_again(runner, tmp_path):
+    """In a scratch repository: a sparse run's folder is committed, and so is its dense
+    start's when that was rewritten (trained again), but not when git sees no change."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    results = tmp_path / "results"
+    sparse = next(s for s in runner.queue(["smoke:table"], str(results))
+                  if s.method.sparse and s.method.needs_dense(s))
+    run, dense = sparse.folder().path, sparse.dense().folder().path
+    for folder in (run, dense):
+        folder.mkdir(parents=True)
+    (dense / "metrics.json").write_text('{"seconds": 10}\n')
+    git("add", ".")
+    git("commit", "-q", "-m", "dense")
+    (run / "metrics.json").write_text('{"seconds": 5}\n')
+    assert runner.to_commit(sparse) == [run]  # the dense folder is as committed
+    (dense / "metrics.json").write_text('{"seconds": 8}\n')  # trained again: a new recorded time
+    assert runner.to_commit(sparse) == [run, dense]
+    for folder in runner.to_commit(sparse):
+        runner.commit(folder)
+    assert runner.to_commit(sparse) == []
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=tmp_path, check=True, capture_output=True,
+                         text=True).stdout.splitlines()
+    assert log[:2] == [f"results: results/{dense.parent.name}/{dense.name}",
+                       f"results: results/{run.parent.name}/{run.name}"]
