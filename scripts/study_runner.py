@@ -86,12 +86,14 @@ def by_start(runs: list, pending: list = ()) -> list:
     need (table runs that wait for a selection choice) goes last: trained now, its weights
     would have to be trained again when those runs are queued in a later session.
     """
-    needed = {start_of(spec) for spec in runs if start_of(spec) != str(spec.folder().path)}
+    starts = [start_of(spec) for spec in runs]  # each parses a RunSpec: once per run
+    needed = {start for spec, start in zip(runs, starts) if start != str(spec.folder().path)}
     later = {start_of(spec) for spec in pending} - needed
     first: dict[str, int] = {}
-    for spec in runs:
-        first.setdefault(start_of(spec), len(first))
-    return sorted(runs, key=lambda spec: (start_of(spec) in later, first[start_of(spec)]))
+    for start in starts:
+        first.setdefault(start, len(first))
+    order = sorted(range(len(runs)), key=lambda i: (starts[i] in later, first[starts[i]]))
+    return [runs[i] for i in order]
 
 
 def ready_choices(presets, results_dir: str) -> list[str]:
