@@ -7,6 +7,7 @@ import inspect
 import math
 import shutil
 import time
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -595,3 +596,11 @@ def test_the_answers_of_two_studies_side_by_side_from_their_written_csvs(tmp_pat
         (tmp_path / "protocol" / "answers_side_by_side.md").unlink(missing_ok=True)
         assert notebook.answers_beside("protocol", other, tmp_path / "protocol") is None
         assert not (tmp_path / "protocol" / "answers_side_by_side.md").exists()
+    # a figures folder of its own (e.g. `reproduce --tasks cola --figures-dir runs/protocol-cola`): cpu's
+    # answers come from the repository's committed figures/cpu/
+    write_differences(protocol, tmp_path / "runs" / "protocol-cola")
+    answers = notebook.answers_beside("protocol", "cpu", tmp_path / "runs" / "protocol-cola")
+    committed = pd.read_csv(Path(__file__).resolve().parents[1] / "figures" / "cpu" / "paired_differences.csv")
+    row = committed[(committed["comparison"] == "admm - magnitude") & (committed["task"] == "average")].iloc[0]
+    cpu_row = answers[(answers["study"] == "cpu") & (answers["comparison"] == "admm - magnitude")].iloc[0]
+    assert cpu_row["diff"] == pytest.approx(row["diff"]) and cpu_row["tasks"] == row["tasks"]

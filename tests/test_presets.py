@@ -383,6 +383,29 @@ def test_reproduce_no_train_says_so_in_the_plan(tmp_path, capsys, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_reproduce_tasks_limits_the_plan_to_those_tasks(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = ["reproduce", "--preset", "smoke", "--notebooks", "glue_table", "--dry-run",
+              "--results-dir", str(tmp_path / "r")]
+    assert main(common + ["--tasks", "rte,stsb"]) == 0
+    both = [line for line in capsys.readouterr().out.splitlines() if "to run:" in line]
+    assert main(common + ["--tasks", "stsb"]) == 0
+    one = [line for line in capsys.readouterr().out.splitlines() if "to run:" in line]
+    assert one and all("stsb" in line for line in one)
+    assert [line for line in both if "rte" in line] and len(both) > len(one)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("tasks", ["mrpc", "stsb,nope", ","])
+def test_reproduce_tasks_outside_the_preset_exit_2_with_one_line(tasks, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "--preset", "smoke", "--tasks", tasks, "--dry-run",
+                 "--results-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"nxmlab: error: --tasks {tasks!r}: preset smoke has the tasks ")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_reproduce_runs_the_presets_own_notebooks(tmp_path, capsys):
     assert main(["reproduce", "--preset", "convergence", "--dry-run", "--results-dir", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out

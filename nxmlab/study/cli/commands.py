@@ -181,12 +181,20 @@ def _reproduce(ns: argparse.Namespace) -> int:
     from ..studies.presets import get_preset
     from .reproduce import reproduce
 
-    get_preset(ns.preset)  # unknown preset: one line, exit 2
+    preset = get_preset(ns.preset)  # unknown preset: one line, exit 2
+    parameters: dict = {"train": False} if ns.no_train else {}
+    if ns.tasks is not None:  # a subset of the preset's tasks, e.g. one task whose runs are complete
+        tasks = [t.strip() for t in ns.tasks.split(",") if t.strip()]
+        unknown = [t for t in tasks if t not in preset.tasks]
+        if not tasks or unknown:
+            raise UsageError(f"--tasks {ns.tasks!r}: preset {preset.name} has the tasks {', '.join(preset.tasks)}")
+        parameters["tasks"] = tasks
+    if ns.quiet:  # papermill's own lines (input, output, kernel) too
+        logging.getLogger("papermill").setLevel(logging.WARNING)
     try:
         reproduce(ns.preset, _cli_dir(ns.results_dir, "results"), _cli_dir(ns.figures_dir, "figures"), ns.glue_dir,
                   ns.notebooks, ns.dry_run, _cli_dir(ns.output_dir, "runs/notebooks"),
-                  progress_bar=not ns.quiet, log_output=not ns.quiet,
-                  parameters={"train": False} if ns.no_train else None)
+                  progress_bar=not ns.quiet, log_output=not ns.quiet, parameters=parameters or None)
     except RuntimeError as exc:  # a notebook failed: its executed copy says where
         print(f"nxmlab: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
@@ -359,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--figures-dir", default=None, help="figures and tables (default: the repository's figures/)")
     rep.add_argument("--glue-dir", default=None, help="GLUE Parquet mirror (default: $NXMLAB_GLUE_DIR, else the Hub)")
     rep.add_argument("--notebooks", default=None, help=f"comma-separated subset of {','.join(NOTEBOOKS)}")
+    rep.add_argument("--tasks", default=None,
+                     help="comma-separated subset of the preset's tasks (e.g. cola: one task's answers and "
+                          "figures while the others train; give it its own --figures-dir)")
     rep.add_argument("--output-dir", default=None,
                      help="executed notebooks go to <this>/<preset>/ (default: the repository's runs/notebooks/)")
     rep.add_argument("--dry-run", action="store_true", help="print the plan (runs per notebook) and exit")

@@ -125,7 +125,10 @@ def venv_kernel() -> Iterator[str]:
         spec = Path(tmp) / "kernels" / name
         spec.mkdir(parents=True)
         (spec / "kernel.json").write_text(json.dumps({
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            # the kernel's own log only says that it runs over local TCP and that papermill's shutdown
+            # interrupted it (an "ERROR" at the end of every notebook); a cell's error reaches papermill
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                     "--IPKernelApp.log_level=CRITICAL"],
             "display_name": f"nxmlab ({sys.executable})", "language": "python",
             "metadata": {"debugger": False},
         }))
