@@ -393,7 +393,8 @@ PRESETS: dict[str, Preset] = {
             # selection.choose("protocol", "results") on the committed held-out runs (seed 42), per task
             # when its grid is complete; MRPC and STS-B are training.
             chosen={"cola": {"magnitude": {"learning_rate": 1e-4}, "admm": {"learning_rate": 1e-4, "rho": 1e-2},
-                             "nxmlab-admm": {"learning_rate": 1e-4, "rho": 0.1, "rho_factor": 3.0}}},
+                             "nxmlab-admm": {"learning_rate": 1e-4, "rho": 0.1, "rho_factor": 3.0}},
+                    "mrpc": {"magnitude": {"learning_rate": 5e-5}}},
             save_steps=100, log_interval=25, logging_steps=50,
             notebooks=("glue_table", "protocol"),
             description="The authors' protocol on MiniLM-L6 (issue #28): per task and seed one dense start (5 "
