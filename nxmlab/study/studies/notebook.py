@@ -233,8 +233,8 @@ def answers_beside(preset: Preset | str, beside: str | None, figures_dir: str | 
     Reads ``paired_differences.csv`` of this preset (written into ``figures_dir`` by its
     ``glue_table`` notebook) and of ``beside`` (``<figures_dir>/../<beside>/``, where ``make
     figures`` draws it beside ``figures/protocol/``, else ``<figures_dir>/<beside>/``: the
-    notebook's default ``figures/``, else the repository's ``figures/<beside>/``), keeps the comparisons this preset measured, and writes
-    ``answers_side_by_side.csv`` and ``.md`` into ``figures_dir``
+    notebook's default ``figures/``, else the repository's ``figures/<beside>/``), keeps the
+    comparisons this preset measured, and writes ``answers_side_by_side.csv`` and ``.md`` into ``figures_dir``
     (:func:`~nxmlab.study.plots.stats.write_side_by_side`; each preset's ``setting`` heads its
     column).  Returns the tidy frame, or ``None`` (saying why) when ``beside`` is ``None`` or a
     file is missing.
@@ -246,8 +246,6 @@ def answers_beside(preset: Preset | str, beside: str | None, figures_dir: str | 
         return None
     other = resolve_preset(beside)
     figures_dir = Path(figures_dir)
-    from ..catalog import resolve_dir
-
     # beside figures/protocol, or in figures/, else the repository's committed figures/<beside>/
     places = [figures_dir.parent / other.name, figures_dir / other.name, resolve_dir(None, "figures") / other.name]
     there = next((p for p in places if (p / "paired_differences.csv").is_file()), places[0])
